@@ -1,0 +1,71 @@
+"""`alexlabel label`, `alexlabel query` and `alexlabel schema`."""
+import json
+
+import click
+
+from beam_pipeline.options import RUNNERS, LabelOptions
+from beam_pipeline.read import DEFAULT_EXTENSIONS
+from schemas.tables import TABLES, bigquery_schema
+
+
+@click.command("label", context_settings={"ignore_unknown_options": True})
+@click.option("--input", "inputs", multiple=True, required=True,
+              help="Glob pattern of images (local, gs://, ...; '**' recurses). Repeat for more.")
+@click.option("--checkpoint", required=True, help="Inference checkpoint (model.pt) on any URL.")
+@click.option("--output", required=True, help="Folder or bucket URL for the labels/, errors/, runs/ tables.")
+@click.option("--runner", type=click.Choice(RUNNERS), default="DirectRunner", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="gpu fails loudly when no GPU works, never falls back to the CPU.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32.")
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--accept-threshold", type=float, default=0.5, show_default=True,
+              help="decision is 'accept' at or above this confidence, else 'review'.")
+@click.option("--min-batch-size", type=int, default=1, show_default=True)
+@click.option("--max-batch-size", type=int, default=64, show_default=True)
+@click.option("--extensions", default=",".join(DEFAULT_EXTENSIONS), show_default=True,
+              help="Comma-separated file extensions to label (case-insensitive).")
+@click.option("--run-id", default="", help="Defaults to a UTC timestamp plus a random suffix.")
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
+def label_command(inputs, extensions, beam_args, **kw):
+    """Label every image the --input patterns match; write Parquet tables under --output.
+
+    Extra arguments after the options go to Beam (e.g. --direct_num_workers=2).
+    """
+    from beam_pipeline.pipeline import run  # Beam and torch load only for commands that need them
+
+    opts = LabelOptions(inputs=list(inputs), extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()),
+                        beam_args=list(beam_args), **kw)
+    row = run(opts)
+    click.echo(f"run {row['run_id']}: matched {row['matched']}, labeled {row['labeled']}, errors {row['errored']}, "
+               f"skipped {row['skipped']} in {row['wall_seconds']:.1f}s ({row['images_per_second']:.1f} images/s)"
+               f" -> {row['output']}")
+
+
+@click.command("query")
+@click.argument("output")
+@click.option("--summary", is_flag=True, help="Runs, rows per label, errors by type (the default).")
+@click.option("--truth", help="CSV of uri,label ground truth (relative uris resolve against its folder).")
+@click.option("--sql", help="Any DuckDB SQL over the views labels, errors and runs.")
+def query_command(output, summary, truth, sql):
+    """Query an output folder or bucket with DuckDB SQL."""
+    from beam_pipeline import query
+
+    if sql:
+        click.echo(query.connect(output).sql(sql))
+        return
+    for name, relation in query.summary(output, truth).items():
+        click.echo(f"{name}:")
+        click.echo(relation)
+
+
+@click.command("schema")
+@click.option("--bigquery", is_flag=True, help="Print BigQuery JSON schemas instead of Arrow schemas.")
+@click.argument("table", required=False, type=click.Choice(sorted(TABLES)))
+def schema_command(bigquery, table):
+    """Print the output table schemas (all tables, or one)."""
+    for name in [table] if table else TABLES:
+        if bigquery:
+            click.echo(json.dumps({name: bigquery_schema(TABLES[name])}, indent=2))
+        else:
+            click.echo(f"{name}:\n{TABLES[name]}\n")

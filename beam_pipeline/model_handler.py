@@ -1,0 +1,94 @@
+"""RunInference's ModelHandler for alexlabel checkpoints: batches of uint8 tensors -> top-k predictions.
+
+The handler holds only the checkpoint URL and settings (it is pickled to workers); each worker loads
+the weights with weights_only=True, builds the architecture named in the manifest, and normalizes each
+batch as the manifest says. Softmax uses the checkpoint's calibrated temperature.
+"""
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
+from schemas.errors import UserError
+from trainer.models import build_model
+
+Example = tuple[dict, torch.Tensor]  # (image metadata, uint8 CHW tensor)
+
+
+@dataclass
+class Classifier:
+    module: torch.nn.Module
+    manifest: Manifest
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+
+def resolve_device(device: str) -> torch.device:
+    """`gpu` must mean a working GPU: fail loudly instead of silently labeling on the CPU."""
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "gpu":
+        if not torch.cuda.is_available():
+            raise UserError("--device gpu was asked for but no CUDA GPU works on this machine "
+                               "(check the NVIDIA driver, or use --device cpu)")
+        return torch.device("cuda")
+    raise UserError(f"unknown device {device!r}; use cpu or gpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX); fp32 elsewhere."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise UserError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
+    native = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if native else None
+
+
+def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto") -> Classifier:
+    state_dict, manifest = load_checkpoint(checkpoint)
+    try:
+        module = build_model(manifest.arch, len(manifest.class_names), state_dict, **manifest.arch_kwargs)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
+    torch_device = resolve_device(device)
+    module = module.to(torch_device, memory_format=torch.channels_last).eval()
+    return Classifier(module, manifest, torch_device, resolve_precision(precision, torch_device))
+
+
+class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
+    def __init__(self, checkpoint: str, *, device: str = "cpu", precision: str = "auto", top_k: int = 5,
+                 min_batch_size: int = 1, max_batch_size: int = 64):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self._checkpoint, self._device, self._precision, self._top_k = checkpoint, device, precision, top_k
+
+    def load_model(self) -> Classifier:
+        return load_classifier(self._checkpoint, self._device, self._precision)
+
+    def run_inference(self, batch: Sequence[Example], model: Classifier,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        metas, tensors = zip(*batch, strict=False)
+        manifest = model.manifest
+        x = torch.stack(tensors).to(model.device, non_blocking=True)
+        x = manifest.preprocess.normalize(x).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(model.device.type, dtype=model.amp_dtype or torch.float32,
+                                                    enabled=model.amp_dtype is not None):
+            logits = model.module(x).float()
+        probs = (logits / manifest.temperature).softmax(dim=1)
+        confidences, indices = probs.topk(min(self._top_k, probs.shape[1]), dim=1)
+        confidences, indices = confidences.cpu().tolist(), indices.cpu().tolist()
+        return [PredictionResult(meta, {"indices": idx, "confidences": conf,
+                                        "labels": [manifest.class_names[i] for i in idx]},
+                                 manifest.model_version)
+                for meta, idx, conf in zip(metas, indices, confidences, strict=False)]
+
+    def update_model_path(self, model_path: str | None = None):
+        self._checkpoint = model_path or self._checkpoint
+
+    def get_metrics_namespace(self) -> str:
+        return "alexlabel"

@@ -1,0 +1,99 @@
+"""The labeling job as one straight chain of named transforms, and the launcher that accounts for it.
+
+    MatchImages -> PrepareImages -> Classify (RunInference) -> ToLabelRows -> WriteLabels
+                        \\ errors ---------- \\ failed batches --> ToErrorRows -> WriteErrors
+
+After the run, the launcher reads back the Parquet row counts, checks matched == labeled + errors,
+and writes the one-row runs table.
+"""
+import time
+from datetime import UTC, datetime
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from beam_pipeline.model_handler import AlexNetModelHandler, load_classifier
+from beam_pipeline.options import LabelOptions, UsageError
+from beam_pipeline.preprocess import ERRORS_TAG, PrepareImage, error_record
+from beam_pipeline.read import MatchImages, count_matches
+from beam_pipeline.write import (
+    WriteTable,
+    count_rows,
+    error_row,
+    label_row,
+    run_files,
+    write_run_row,
+)
+from schemas.checkpoint import Manifest
+
+
+class AccountingError(RuntimeError):
+    """matched != labeled + errors: some input went missing, which must never happen silently."""
+
+
+def failed_batch_errors(failure):
+    batch, exc = failure
+    for meta, _ in batch:
+        yield error_record(meta["uri"], "infer", exc, meta["size_bytes"])
+
+
+def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest) -> None:
+    handler = AlexNetModelHandler(opts.checkpoint, device=opts.device, precision=opts.precision, top_k=opts.top_k,
+                                  min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size)
+    images, bad_images = (p
+                          | "MatchImages" >> MatchImages(opts.inputs, opts.extensions)
+                          | "PrepareImages" >> beam.ParDo(PrepareImage(manifest.preprocess)).with_outputs(
+                              ERRORS_TAG, main="images"))
+    predictions, failed = images | "Classify" >> RunInference(handler).with_exception_handling()
+    (predictions
+     | "ToLabelRows" >> beam.Map(label_row, opts.run_id, opts.accept_threshold)
+     | "WriteLabels" >> WriteTable(opts.output, "labels", manifest.model_version, opts.run_id))
+    failed_inference = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_errors)
+    ((bad_images, failed_inference)
+     | "AllErrors" >> beam.Flatten()
+     | "ToErrorRows" >> beam.Map(error_row, manifest.model_version, opts.run_id)
+     | "WriteErrors" >> WriteTable(opts.output, "errors", manifest.model_version, opts.run_id))
+
+
+def make_pipeline(opts: LabelOptions) -> beam.Pipeline:
+    options = PipelineOptions(opts.beam_args, runner=opts.runner)
+    if opts.runner == "DirectRunner":
+        # What DirectRunner runs batch jobs on, minus its first attempt to download the Prism runner.
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
+def counter(result, name: str) -> int:
+    found = result.metrics().query(MetricsFilter().with_namespace("alexlabel").with_name(name))["counters"]
+    return sum(c.committed or 0 for c in found)
+
+
+def run(opts: LabelOptions) -> dict:
+    """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/)."""
+    opts.validate()
+    manifest = load_classifier(opts.checkpoint, opts.device, opts.precision).manifest  # fails before any input
+    expected = count_matches(opts.inputs, opts.extensions)
+    if not expected:
+        raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
+                         "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
+    started, t0 = datetime.now(UTC), time.perf_counter()
+    with make_pipeline(opts) as p:
+        build(p, opts, manifest)
+    result = p.result
+    wall = time.perf_counter() - t0
+    labeled = count_rows(run_files(opts.output, "labels", manifest.model_version, opts.run_id))
+    errored = count_rows(run_files(opts.output, "errors", manifest.model_version, opts.run_id))
+    matched = counter(result, "matched")
+    row = {"run_id": opts.run_id, "model_version": manifest.model_version, "checkpoint": opts.checkpoint,
+           "inputs": list(opts.inputs), "output": opts.output, "runner": opts.runner, "matched": matched,
+           "labeled": labeled, "errored": errored, "skipped": 0, "wall_seconds": wall,
+           "images_per_second": (labeled + errored) / wall, "started_at": started,
+           "finished_at": datetime.now(UTC), "options_json": opts.to_json()}
+    write_run_row(opts.output, row)
+    if matched != labeled + errored + row["skipped"]:
+        raise AccountingError(f"run {opts.run_id}: matched {matched} != labeled {labeled} + errors {errored}; "
+                              "report this as a bug with the runs row")
+    return row

@@ -1,0 +1,47 @@
+"""URI -> (image metadata, uint8 tensor) as the checkpoint's preprocess asks, or an error record."""
+import hashlib
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from beam_pipeline.read import read_uri
+from schemas.preprocess import Preprocess, decode_image
+
+ERRORS_TAG = "errors"
+
+
+def error_record(uri: str, stage: str, exc: BaseException, size_bytes: int | None = None) -> dict:
+    """The part of an errors row known where the failure happened; the run stamps the rest."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return {"uri": uri, "stage": stage, "error_type": type(exc).__name__, "message": message[:1000],
+            "size_bytes": size_bytes}
+
+
+class PrepareImage(beam.DoFn):
+    """Read, decode (JPEG draft mode, EXIF orientation, bomb check), resize and crop on uint8.
+
+    Each failure becomes a tagged error record naming the stage: read, decode or preprocess.
+    """
+
+    def __init__(self, preprocess: Preprocess):
+        self.preprocess = preprocess
+        self.failed = Metrics.counter("alexlabel", "errored_before_inference")
+
+    def process(self, uri: str):
+        stage, size = "read", None
+        try:
+            data = read_uri(uri)
+            size = len(data)
+            stage = "decode"
+            if not data:
+                raise ValueError("file is empty")
+            image, (width, height) = decode_image(data, min_side=self.preprocess.resize)
+            stage = "preprocess"
+            tensor = self.preprocess.eval_tensor(image)
+        except Exception as e:  # bad data becomes an error row, never a crash
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(uri, stage, e, size))
+            return
+        meta = {"uri": uri, "content_sha256": hashlib.sha256(data).hexdigest(), "size_bytes": size,
+                "width": width, "height": height}
+        yield meta, tensor

@@ -1,0 +1,74 @@
+"""Rows -> Parquet tables under the output URL, laid out for DuckDB, pyarrow and BigQuery:
+
+    OUT/labels/model_version=<v>/<run_id>-00000-of-00002.parquet   (Beam's sink: temp files, then rename)
+    OUT/errors/model_version=<v>/<run_id>-....parquet
+    OUT/runs/model_version=<v>/<run_id>.parquet                    (one row, written by the launcher)
+"""
+import io
+from datetime import UTC, datetime
+
+import apache_beam as beam
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import PredictionResult
+
+from schemas.storage import atomic_write_bytes
+from schemas.tables import TABLES
+
+LABELED = Metrics.counter("alexlabel", "labeled")
+ERRORED = Metrics.counter("alexlabel", "errored")
+
+
+def table_prefix(output: str, table: str, model_version: str) -> str:
+    return f"{output.rstrip('/')}/{table}/model_version={model_version}"
+
+
+def label_row(result: PredictionResult, run_id: str, accept_threshold: float) -> dict:
+    LABELED.inc()
+    p = result.inference
+    confidence = p["confidences"][0]
+    margin = confidence - p["confidences"][1] if len(p["confidences"]) > 1 else confidence
+    return {**result.example, "label": p["labels"][0], "label_index": p["indices"][0], "confidence": confidence,
+            "topk_labels": p["labels"], "topk_indices": p["indices"], "topk_confidences": p["confidences"],
+            "margin": margin, "decision": "accept" if confidence >= accept_threshold else "review",
+            "model_version": result.model_id, "run_id": run_id, "labeled_at": datetime.now(UTC)}
+
+
+def error_row(record: dict, model_version: str, run_id: str) -> dict:
+    ERRORED.inc()
+    return {**record, "model_version": model_version, "run_id": run_id, "at": datetime.now(UTC)}
+
+
+class WriteTable(beam.PTransform):
+    """Beam's Parquet sink with the table's schema from schemas/; files appear only when complete."""
+
+    def __init__(self, output: str, table: str, model_version: str, run_id: str):
+        super().__init__()
+        self.prefix = f"{table_prefix(output, table, model_version)}/{run_id}"
+        self.schema = TABLES[table]
+
+    def expand(self, rows):
+        return rows | beam.io.WriteToParquet(self.prefix, self.schema, file_name_suffix=".parquet")
+
+
+def run_files(output: str, table: str, model_version: str, run_id: str) -> list[str]:
+    fs, path = fsspec.core.url_to_fs(table_prefix(output, table, model_version))
+    return [fs.unstrip_protocol(p) for p in sorted(fs.glob(f"{path}/{run_id}-*.parquet"))]
+
+
+def count_rows(files: list[str]) -> int:
+    total = 0
+    for url in files:
+        with fsspec.open(url, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def write_run_row(output: str, row: dict) -> str:
+    url = f"{table_prefix(output, 'runs', row['model_version'])}/{row['run_id']}.parquet"
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([row], schema=TABLES["runs"]), buf)
+    atomic_write_bytes(url, buf.getvalue())
+    return url

@@ -1,0 +1,1 @@
+"""Contracts shared by the trainer and the labeling pipeline: checkpoints, images, tables."""

@@ -1,0 +1,107 @@
+"""The checkpoint contract: weights plus a plain-JSON manifest that carries everything inference needs.
+
+A checkpoint file is `torch.save({"format_version", "manifest": <JSON text>, "state_dict"})` and is
+always read with `torch.load(..., weights_only=True)`: a checkpoint from a bucket is untrusted input,
+and unpickling arbitrary objects would run its code.
+"""
+import hashlib
+import io
+import json
+import pickle
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from schemas.errors import UserError
+from schemas.preprocess import Preprocess
+from schemas.storage import atomic_write_bytes, read_bytes
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    arch: str
+    class_names: list[str]
+    preprocess: Preprocess
+    arch_kwargs: dict = field(default_factory=dict)
+    temperature: float = 1.0
+    metrics: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    weights_sha256: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def model_version(self) -> str:
+        """Short weights hash stamped on every output row."""
+        return self.weights_sha256[:12]
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        d = json.loads(text)
+        if d.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format_version {d.get('format_version')!r} is not supported "
+                                  f"(this alexlabel reads version {FORMAT_VERSION}); upgrade alexlabel or re-export")
+        d["preprocess"] = Preprocess.from_dict(d["preprocess"])
+        return cls(**d)
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Hash names, dtypes, shapes and bytes in key order: equal weights give equal versions."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_checkpoint(url: str, state_dict: dict[str, torch.Tensor], manifest: Manifest) -> Manifest:
+    """Atomically write an inference checkpoint; returns the manifest with its weights hash filled in."""
+    state_dict = {k: v.detach().cpu() for k, v in state_dict.items()}
+    manifest = replace(manifest, weights_sha256=weights_sha256(state_dict))
+    buf = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, "manifest": manifest.to_json(), "state_dict": state_dict}, buf)
+    atomic_write_bytes(url, buf.getvalue())
+    return manifest
+
+
+def load_checkpoint(url: str) -> tuple[dict[str, torch.Tensor], Manifest]:
+    """Safely load and validate a checkpoint; every failure is one CheckpointError line."""
+    try:
+        data = read_bytes(url)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {url} does not exist; pass the model.pt that `alexlabel train` wrote"
+                              ) from None
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {url} holds objects other than tensors and was refused "
+                              f"(weights_only load: {first}); only load checkpoints written by alexlabel") from None
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {url} is truncated or not a torch file ({type(e).__name__}); "
+                              "re-copy or re-export it") from None
+    if not isinstance(obj, dict) or "manifest" not in obj or "state_dict" not in obj:
+        raise CheckpointError(f"checkpoint {url} has no alexlabel manifest; wrap plain state dicts with "
+                              "`alexlabel import-weights`")
+    try:
+        manifest = Manifest.from_json(obj["manifest"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{url}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {url} has an invalid manifest ({e}); re-export it") from None
+    state_dict = obj["state_dict"]
+    if manifest.weights_sha256 != weights_sha256(state_dict):
+        raise CheckpointError(f"checkpoint {url}: weights do not match the manifest's weights_sha256; "
+                              "the file is corrupt, re-copy or re-export it")
+    return state_dict, manifest

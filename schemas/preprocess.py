@@ -1,0 +1,104 @@
+"""The image contract: how stored bytes become the tensor a checkpoint expects.
+
+The trainer's evaluation and the labeling pipeline both call these functions, so an image labeled in
+a bucket is prepared exactly like the validation images that measured the model. Work stays on uint8
+(decode, resize, crop); float conversion and normalization happen once per batch.
+"""
+import io
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_PIXELS = 100_000_000  # larger images are refused before their pixels are decoded (bombs)
+ORIENTATION_TAG = 0x0112
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header promises more pixels than MAX_PIXELS."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Eval transform: resize the shorter side to `resize`, center-crop `crop`, normalize."""
+
+    resize: int
+    crop: int
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if not 0 < self.crop <= self.resize:
+            raise ValueError(f"preprocess needs 0 < crop <= resize, got crop={self.crop} resize={self.resize}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; use one of {sorted(INTERPOLATIONS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(resize=int(d["resize"]), crop=int(d["crop"]), interpolation=d.get("interpolation", "bilinear"),
+                   mean=tuple(d.get("mean", IMAGENET_MEAN)), std=tuple(d.get("std", IMAGENET_STD)))
+
+    def eval_tensor(self, img: Image.Image) -> torch.Tensor:
+        """Resize + center crop an RGB image to a uint8 CHW tensor of crop x crop."""
+        w, h = img.size
+        scale = self.resize / min(w, h)
+        size = (max(self.resize, round(w * scale)), max(self.resize, round(h * scale)))
+        img = img.resize(size, INTERPOLATIONS[self.interpolation])
+        left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
+        return to_uint8_tensor(img.crop((left, top, left + self.crop, top + self.crop)))
+
+    def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 NCHW batch -> normalized float batch, on the batch's device."""
+        mean = torch.tensor(self.mean, device=batch.device, dtype=dtype).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.std, device=batch.device, dtype=dtype).view(1, 3, 1, 1) * 255
+        return (batch.to(dtype) - mean) / std
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_image(data: bytes, min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode any Pillow format to upright RGB; also return the upright size stored in the file.
+
+    JPEG draft mode decodes at a reduced scale whenever both sides stay >= min_side. Raises
+    ImageTooLarge for decompression bombs (checked on the header, before decoding), and Pillow's own
+    errors (UnidentifiedImageError, OSError) for broken files.
+    """
+    try:
+        with warnings.catch_warnings():  # our own limit below decides, with a clearer message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise UnidentifiedImageError(f"not an image format Pillow reads (file starts with {data[:12]!r})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"{e.args[0].split(' exceeds')[0]} exceeds the limit of {MAX_PIXELS:,}") from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS:,}")
+    if img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+        width, height = height, width
+    if min_side and img.format == "JPEG":
+        img.draft("RGB", (min_side, min_side))  # DCT scaling keeps both sides >= min_side
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        return _on_white(img.convert("RGBA")), (width, height)
+    if img.mode.startswith("I;16") or img.mode == "I":
+        img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
+    return img.convert("RGB"), (width, height)
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    background = Image.new("RGB", img.size, (255, 255, 255))
+    background.paste(img, mask=img.getchannel("A"))
+    return background

@@ -1,0 +1,28 @@
+"""Reading and atomically writing whole objects on any fsspec URL (local paths, gs://, memory://)."""
+import uuid
+
+import fsspec
+
+
+def read_bytes(url: str) -> bytes:
+    with fsspec.open(url, "rb") as f:
+        return f.read()
+
+
+def atomic_write_bytes(url: str, data: bytes) -> None:
+    """Write to a hidden temp object beside `url`, then rename, so readers never see half a file.
+
+    On object stores the rename is a server-side copy: the final object appears whole or not at all.
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    parent, _, name = path.rpartition("/")
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp" if parent else f".{name}.{uuid.uuid4().hex}.tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        fs.mv(tmp, path)
+    except BaseException:
+        fs.rm(tmp)
+        raise

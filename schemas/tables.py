@@ -1,0 +1,71 @@
+"""The output tables: one pyarrow schema each, and their BigQuery JSON form.
+
+Every writer and reader of labels/, errors/ and runs/ takes its columns from here.
+"""
+import pyarrow as pa
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+LABELS = pa.schema([
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("content_sha256", pa.string(), nullable=False),
+    pa.field("size_bytes", pa.int64(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("label", pa.string(), nullable=False),
+    pa.field("label_index", pa.int32(), nullable=False),
+    pa.field("confidence", pa.float32(), nullable=False),
+    pa.field("topk_labels", pa.list_(pa.string()), nullable=False),
+    pa.field("topk_indices", pa.list_(pa.int32()), nullable=False),
+    pa.field("topk_confidences", pa.list_(pa.float32()), nullable=False),
+    pa.field("margin", pa.float32(), nullable=False),
+    pa.field("decision", pa.string(), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("labeled_at", UTC_TS, nullable=False),
+])
+
+ERRORS = pa.schema([
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),  # read / decode / preprocess / infer
+    pa.field("error_type", pa.string(), nullable=False),
+    pa.field("message", pa.string(), nullable=False),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("at", UTC_TS, nullable=False),
+])
+
+RUNS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("checkpoint", pa.string(), nullable=False),
+    pa.field("inputs", pa.list_(pa.string()), nullable=False),
+    pa.field("output", pa.string(), nullable=False),
+    pa.field("runner", pa.string(), nullable=False),
+    pa.field("matched", pa.int64(), nullable=False),
+    pa.field("labeled", pa.int64(), nullable=False),
+    pa.field("errored", pa.int64(), nullable=False),
+    pa.field("skipped", pa.int64(), nullable=False),
+    pa.field("wall_seconds", pa.float64(), nullable=False),
+    pa.field("images_per_second", pa.float64(), nullable=False),
+    pa.field("started_at", UTC_TS, nullable=False),
+    pa.field("finished_at", UTC_TS, nullable=False),
+    pa.field("options_json", pa.string(), nullable=False),
+])
+
+TABLES = {"labels": LABELS, "errors": ERRORS, "runs": RUNS}
+
+_BQ_TYPES = {pa.string(): "STRING", pa.int32(): "INT64", pa.int64(): "INT64", pa.float32(): "FLOAT64",
+             pa.float64(): "FLOAT64", UTC_TS: "TIMESTAMP", pa.bool_(): "BOOL"}
+
+
+def bigquery_schema(schema: pa.Schema) -> list[dict]:
+    """BigQuery JSON schema (as `bq mk --schema` takes it); lists become REPEATED fields."""
+    out = []
+    for f in schema:
+        if pa.types.is_list(f.type):
+            out.append({"name": f.name, "type": _BQ_TYPES[f.type.value_type], "mode": "REPEATED"})
+        else:
+            out.append({"name": f.name, "type": _BQ_TYPES[f.type], "mode": "NULLABLE" if f.nullable else "REQUIRED"})
+    return out

@@ -1,0 +1,176 @@
+"""The contracts: image decoding and preprocessing, checkpoint files, table schemas."""
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from schemas.checkpoint import FORMAT_VERSION, CheckpointError, Manifest, load_checkpoint, save_checkpoint
+from schemas.preprocess import ImageTooLarge, Preprocess, decode_image
+from schemas.tables import ERRORS, LABELS, RUNS, bigquery_schema
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_eval_tensor_resizes_shorter_side_then_center_crops():
+    pre = Preprocess(resize=36, crop=32)
+    img = Image.new("RGB", (300, 200), (0, 0, 0))
+    img.paste((255, 0, 0), (140, 90, 160, 110))  # a red square in the middle survives the crop
+    x = pre.eval_tensor(img)
+    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32)
+    assert x[0, 16, 16] > 200 and x[1, 16, 16] < 50 and x[0, 0, 0] < 50
+
+
+def test_normalize_maps_mean_to_zero_and_runs_per_batch():
+    pre = Preprocess(resize=8, crop=8, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    batch = torch.stack([torch.full((3, 8, 8), 255, dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8)])
+    out = pre.normalize(batch)
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 8, 8)
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([1.0, 3.0, 1.0]))
+    assert torch.allclose(out[1, :, 0, 0], torch.tensor([-1.0, -1.0, 0.0]))
+
+
+def test_preprocess_refuses_crop_larger_than_resize():
+    with pytest.raises(ValueError, match="crop <= resize"):
+        Preprocess(resize=32, crop=64)
+
+
+def test_decode_applies_exif_orientation_and_reports_upright_size():
+    img = Image.new("RGB", (60, 20), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    decoded, size = decode_image(encode(img, "JPEG", exif=exif.tobytes()))
+    assert size == (20, 60) and decoded.size == (20, 60) and decoded.mode == "RGB"
+
+
+def test_decode_uses_draft_mode_for_large_jpegs_but_keeps_stored_size():
+    data = encode(Image.new("RGB", (1600, 1200), (0, 128, 0)), "JPEG")
+    decoded, size = decode_image(data, min_side=100)
+    assert size == (1600, 1200)
+    assert min(decoded.size) >= 100 and decoded.size[0] <= 400  # decoded at 1/4 scale or smaller
+
+
+def test_decode_composites_alpha_on_white_and_reads_16_bit():
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))  # fully transparent red
+    decoded, _ = decode_image(encode(rgba, "PNG"))
+    assert decoded.getpixel((5, 5)) == (255, 255, 255)
+    deep = Image.fromarray(np.full((10, 10), 65535, dtype=np.uint16))
+    decoded, _ = decode_image(encode(deep, "PNG"))
+    assert decoded.mode == "RGB" and decoded.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_decode_refuses_bombs_from_the_header():
+    bomb = encode(Image.new("1", (12_000, 10_000)), "PNG")  # 120 megapixels, a few KB on disk
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageTooLarge, match="12000x10000"):
+        decode_image(bomb)
+
+
+def test_decode_names_unknown_formats_by_their_first_bytes():
+    with pytest.raises(Exception, match="doctype"):
+        decode_image(b"<!doctype html><html></html>")
+
+
+def small_manifest(**kw) -> Manifest:
+    return Manifest(arch="alexnet_small", class_names=["a", "b"], preprocess=Preprocess(36, 32),
+                    arch_kwargs={"width": 4}, **kw)
+
+
+def state_dict() -> dict:
+    return {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(2)}
+
+
+def test_checkpoint_round_trip(tmp_path):
+    url = str(tmp_path / "ckpt" / "model.pt")
+    saved = save_checkpoint(url, state_dict(), small_manifest(temperature=1.5, metrics={"val_top1": 0.9}))
+    loaded_sd, manifest = load_checkpoint(url)
+    assert manifest == saved and manifest.temperature == 1.5 and manifest.metrics == {"val_top1": 0.9}
+    assert len(manifest.model_version) == 12 and manifest.weights_sha256.startswith(manifest.model_version)
+    assert all(torch.equal(loaded_sd[k], v) for k, v in state_dict().items())
+    assert os.listdir(tmp_path / "ckpt") == ["model.pt"]  # the temp file was renamed, nothing left beside it
+
+
+def test_weights_hash_changes_with_the_weights(tmp_path):
+    a = save_checkpoint(str(tmp_path / "a.pt"), state_dict(), small_manifest())
+    changed = {**state_dict(), "b": torch.ones(2)}
+    b = save_checkpoint(str(tmp_path / "b.pt"), changed, small_manifest())
+    assert a.model_version != b.model_version
+
+
+class Payload:
+    """Unpickling this would create a file: the proof that a loader executed code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    url = tmp_path / "evil.pt"
+    torch.save({"manifest": small_manifest().to_json(), "state_dict": state_dict(), "x": Payload(str(marker))}, url)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(str(url))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda data: data[: len(data) // 2], "truncated or not a torch file"),
+    (lambda data: b"", "truncated or not a torch file"),
+])
+def test_truncated_checkpoints_are_refused(tmp_path, damage, match):
+    url = str(tmp_path / "model.pt")
+    save_checkpoint(url, state_dict(), small_manifest())
+    with open(url, "rb") as f:
+        data = f.read()
+    with open(url, "wb") as f:
+        f.write(damage(data))
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(url)
+
+
+def test_unknown_format_version_and_missing_manifest_are_refused(tmp_path):
+    newer = tmp_path / "newer.pt"
+    torch.save({"manifest": small_manifest(format_version=FORMAT_VERSION + 1).to_json(), "state_dict": {}}, newer)
+    with pytest.raises(CheckpointError, match="format_version 2 is not supported"):
+        load_checkpoint(str(newer))
+    bare = tmp_path / "bare.pt"
+    torch.save(state_dict(), bare)
+    with pytest.raises(CheckpointError, match="no alexlabel manifest.*import-weights"):
+        load_checkpoint(str(bare))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    url = tmp_path / "model.pt"
+    manifest = save_checkpoint(str(url), state_dict(), small_manifest())
+    tampered = {**state_dict(), "b": torch.ones(2)}
+    torch.save({"format_version": 1, "manifest": manifest.to_json(), "state_dict": tampered}, url)
+    with pytest.raises(CheckpointError, match="weights_sha256"):
+        load_checkpoint(str(url))
+
+
+def test_manifest_is_plain_json():
+    text = small_manifest().to_json()
+    assert pickle.loads(pickle.dumps(text)) == text and '"preprocess": {"crop": 32' in text
+    assert Manifest.from_json(text) == small_manifest()
+
+
+def test_bigquery_schemas_cover_every_column():
+    for schema in (LABELS, ERRORS, RUNS):
+        bq = bigquery_schema(schema)
+        assert [f["name"] for f in bq] == schema.names
+    labels = {f["name"]: f for f in bigquery_schema(LABELS)}
+    assert labels["topk_labels"] == {"name": "topk_labels", "type": "STRING", "mode": "REPEATED"}
+    assert labels["labeled_at"]["type"] == "TIMESTAMP" and labels["confidence"]["mode"] == "REQUIRED"
+    assert {f["name"]: f for f in bigquery_schema(ERRORS)}["size_bytes"]["mode"] == "NULLABLE"

@@ -1,0 +1,1 @@
+"""Training AlexNet classifiers and exporting inference-ready checkpoints."""

@@ -1,0 +1,49 @@
+"""Predictions over a labelled loader, and the accuracy report built from them."""
+import torch
+
+from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
+from schemas.preprocess import Preprocess
+from trainer.models import build_model
+
+
+def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, Manifest]:
+    state_dict, manifest = load_checkpoint(checkpoint)
+    try:
+        module = build_model(manifest.arch, len(manifest.class_names), state_dict, **manifest.arch_kwargs)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
+    return module.to(device, memory_format=torch.channels_last).eval(), manifest
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, loader, pre: Preprocess, device: torch.device,
+            amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits (float32, CPU) and labels of a loader, in order; unreadable images are skipped."""
+    model.eval()
+    logits, labels = [], []
+    for x, y, _ in loader:
+        if not len(y):
+            continue
+        x = pre.normalize(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits.append(model(x).float().cpu())
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
+    """Top-1, top-5, per-class accuracy and the confusion matrix (rows = truth, columns = prediction)."""
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    pred = top[:, 0]
+    n = len(class_names)
+    confusion = torch.zeros(n, n, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    per_class = confusion.diag().float() / confusion.sum(1).clamp(min=1)
+    return {
+        "images": int(len(labels)),
+        "top1": float((pred == labels).float().mean()),
+        "top5": float((top == labels[:, None]).any(1).float().mean()),
+        "per_class": {name: float(acc) for name, acc in zip(class_names, per_class, strict=False)},
+        "confusion": confusion.tolist(),
+    }

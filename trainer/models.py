@@ -1,0 +1,85 @@
+"""The AlexNet family, built by name. A leaf module: torch and torchvision only.
+
+- `alexnet`: torchvision's layout, so torchvision state dicts (e.g. its ImageNet weights) load as is.
+- `alexnet2012`: the 2012 paper's network: 96-256-384-384-256 convolutions, local response
+  normalization (k=2, n=5, alpha=1e-4, beta=0.75), overlapping 3x3/2 max pooling, dropout 0.5.
+- `alexnet_small`: the same shape for 32-96 px inputs (stride-2 5x5 stem), with a width knob.
+"""
+import torch
+from torch import nn
+from torchvision.models import AlexNet
+
+
+def _lrn() -> nn.LocalResponseNorm:
+    # The paper divides alpha by nothing; torch divides it by `size`, so scale it back up.
+    return nn.LocalResponseNorm(size=5, alpha=5 * 1e-4, beta=0.75, k=2.0)
+
+
+class AlexNet2012(nn.Module):
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 96, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True), _lrn(),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(96, 256, kernel_size=5, padding=2), nn.ReLU(inplace=True), _lrn(),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(256, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = _classifier(256 * 6 * 6, 4096, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class AlexNetSmall(nn.Module):
+    def __init__(self, num_classes: int = 10, width: int = 64, dropout: float = 0.5):
+        super().__init__()
+        c1, c2, c3, c4 = width, 3 * width, 6 * width, 4 * width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c1, kernel_size=5, stride=2, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c4, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = _classifier(c4 * 2 * 2, 16 * width, num_classes, dropout)
+        for m in self.modules():  # He init: trains from scratch in a few epochs, where torch's default stalls
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _classifier(features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Dropout(p=dropout), nn.Linear(features, hidden), nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+ARCHS = {"alexnet": AlexNet, "alexnet2012": AlexNet2012, "alexnet_small": AlexNetSmall}
+
+
+def build_model(arch: str, num_classes: int, state_dict: dict | None = None, **kwargs) -> nn.Module:
+    """The named architecture, optionally with weights; ValueError says why weights or options don't fit."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(sorted(ARCHS))}")
+    try:
+        model = ARCHS[arch](num_classes=num_classes, **kwargs)
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"weights or options do not fit {arch} with {num_classes} classes ({first})") from None
+    return model
