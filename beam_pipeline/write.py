@@ -1,8 +1,11 @@
 """Rows -> Parquet tables under the output URL, laid out for DuckDB, pyarrow and BigQuery:
 
-    OUT/labels/model_version=<v>/<run_id>-00000-of-00002.parquet   (Beam's sink: temp files, then rename)
-    OUT/errors/model_version=<v>/<run_id>-....parquet
-    OUT/runs/model_version=<v>/<run_id>.parquet                    (one row, written by the launcher)
+    OUT/labels/model=<model_version>/<run_id>-00000-of-00002.parquet   (Beam's sink: temp files, then rename)
+    OUT/errors/model=<model_version>/<run_id>-....parquet
+    OUT/runs/model=<model_version>/<run_id>.parquet                    (one row, written by the launcher)
+
+The Hive partition key is `model`, not `model_version`: a key that repeats a column stored in the files
+makes pyarrow and BigQuery refuse to merge the two.
 """
 import io
 from datetime import UTC, datetime
@@ -22,7 +25,7 @@ ERRORED = Metrics.counter("alexlabel", "errored")
 
 
 def table_prefix(output: str, table: str, model_version: str) -> str:
-    return f"{output.rstrip('/')}/{table}/model_version={model_version}"
+    return f"{output.rstrip('/')}/{table}/model={model_version}"
 
 
 def label_row(result: PredictionResult, run_id: str, accept_threshold: float) -> dict:

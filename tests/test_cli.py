@@ -1,0 +1,87 @@
+"""The `alexlabel` command: bad input is one line and a non-zero exit with nothing written; queries."""
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alexlabel.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--top-k", "0"], "--top-k must be at least 1"),
+    (["--accept-threshold", "1.5"], "--accept-threshold must be between 0 and 1"),
+    (["--min-batch-size", "8", "--max-batch-size", "4"], "batch sizes need 1 <= min <= max"),
+])
+def test_invalid_label_options_fail_before_anything_is_written(checkpoint, sample_dir, tmp_path, extra, message):
+    out = tmp_path / "out"
+    line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint,
+                                 "--output", out, *extra))
+    assert message in line and not out.exists()
+
+
+def test_empty_match_names_the_pattern_and_writes_nothing(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    line = one_line_error(invoke("label", "--input", tmp_path / "nothing" / "*.jpg", "--checkpoint", checkpoint,
+                                 "--output", out))
+    assert "no image files match" in line and "nothing/*.jpg" in line and not out.exists()
+
+
+def test_missing_or_unsafe_checkpoint_fails_before_any_input_is_read(sample_dir, tmp_path):
+    line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", tmp_path / "no.pt",
+                                 "--output", tmp_path / "out"))
+    assert "does not exist" in line
+    torch.save({"not": "ours"}, tmp_path / "plain.pt")
+    line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", tmp_path / "plain.pt",
+                                 "--output", tmp_path / "out"))
+    assert "no alexlabel manifest" in line and not (tmp_path / "out").exists()
+
+
+def test_gpu_requested_without_a_gpu_fails_loudly(checkpoint, sample_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint,
+                                 "--output", tmp_path / "out", "--device", "gpu"))
+    assert "--device gpu was asked for but no CUDA GPU works" in line and not (tmp_path / "out").exists()
+
+
+def test_label_then_query_summary_sql_and_truth(checkpoint, sample_dir, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert "matched 16, labeled 12, errors 4, skipped 0" in result.output
+    summary = invoke("query", out, "--summary", "--truth", os.path.join(sample_dir, "bucket_truth.csv"))
+    assert summary.exit_code == 0, summary.output
+    for heading in ("runs:", "labels:", "errors:", "accuracy:", "UnidentifiedImageError", "compared"):
+        assert heading in summary.output
+    sql = invoke("query", out, "--sql", "SELECT count(*) AS n FROM labels WHERE uri LIKE '%img_%'")
+    assert sql.exit_code == 0 and "12" in sql.output
+
+
+def test_query_of_an_empty_folder_says_what_to_run(tmp_path):
+    line = one_line_error(invoke("query", tmp_path))
+    assert "holds no alexlabel runs" in line
+
+
+def test_schema_prints_bigquery_json():
+    result = invoke("schema", "--bigquery", "labels")
+    assert result.exit_code == 0
+    fields = json.loads(result.output)["labels"]
+    assert fields[0] == {"name": "uri", "type": "STRING", "mode": "REQUIRED"}
+
+
+@pytest.mark.parametrize("command", ["demo", "sample-data", "train", "evaluate", "label", "query", "schema"])
+def test_every_command_has_help(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "Usage: main " + command in result.output

@@ -1,0 +1,46 @@
+"""The AlexNet family: shapes, the paper's constants, torchvision compatibility."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from trainer.models import ARCHS, build_model
+
+
+@pytest.mark.parametrize("arch, size, kwargs", [
+    ("alexnet", 224, {}), ("alexnet2012", 224, {}),
+    ("alexnet_small", 32, {"width": 8}), ("alexnet_small", 64, {"width": 8}), ("alexnet_small", 96, {"width": 8}),
+])
+def test_every_arch_maps_its_input_size_to_class_logits(arch, size, kwargs):
+    model = build_model(arch, 7, **kwargs).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
+
+
+def test_torchvision_alexnet_state_dicts_load_as_is():
+    reference = torchvision.models.alexnet(num_classes=1000)
+    ours = build_model("alexnet", 1000, state_dict=reference.state_dict()).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference.eval()(x))
+
+
+def test_alexnet2012_follows_the_paper():
+    model = build_model("alexnet2012", 1000)
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [96, 256, 384, 384, 256]
+    assert convs[0].kernel_size == (11, 11) and convs[0].stride == (4, 4)
+    lrns = [m for m in model.features if isinstance(m, nn.LocalResponseNorm)]
+    # Paper: k=2, n=5, alpha=1e-4, beta=0.75; torch divides alpha by n, so it stores 5e-4.
+    assert len(lrns) == 2 and all((m.size, m.alpha / m.size, m.beta, m.k) == (5, 1e-4, 0.75, 2.0) for m in lrns)
+    pools = [m for m in model.features if isinstance(m, nn.MaxPool2d)]
+    assert all((p.kernel_size, p.stride) == (3, 2) for p in pools)  # overlapping pooling
+    assert [m.p for m in model.classifier if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+
+
+def test_wrong_weights_and_unknown_arch_raise_one_clear_error():
+    weights = build_model("alexnet_small", 10, width=8).state_dict()
+    with pytest.raises(ValueError, match="do not fit alexnet_small with 5 classes"):
+        build_model("alexnet_small", 5, state_dict=weights, width=8)
+    with pytest.raises(ValueError, match=f"choose one of {', '.join(sorted(ARCHS))}"):
+        build_model("vgg16", 10)

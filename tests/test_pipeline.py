@@ -1,0 +1,123 @@
+"""The labeling pipeline for real: DirectRunner over generated files, Parquet read back and checked."""
+import glob
+import hashlib
+import os
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from beam_pipeline.options import LabelOptions
+from beam_pipeline.pipeline import run
+from schemas.checkpoint import load_checkpoint
+from schemas.preprocess import decode_image
+from schemas.tables import TABLES
+from trainer.evaluate import load_model
+
+TOP_K, THRESHOLD = 3, 0.3
+
+
+@pytest.fixture(scope="module")
+def bucket(sample_dir, tmp_path_factory) -> str:
+    """The sample bucket plus a non-image file and an upper-case extension in a nested folder."""
+    root = str(tmp_path_factory.mktemp("bucket"))
+    shutil.copytree(os.path.join(sample_dir, "bucket"), root, dirs_exist_ok=True)
+    with open(os.path.join(root, "README.txt"), "w") as f:
+        f.write("not an image; the extension filter leaves it out")
+    os.makedirs(os.path.join(root, "nested"))
+    shutil.copy(os.path.join(root, "img_00000.jpg"), os.path.join(root, "nested", "UPPER.JPG"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def labeled(bucket, checkpoint, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("out"))
+    # Two overlapping patterns: every file must still be labeled exactly once.
+    opts = LabelOptions(inputs=[f"{bucket}/**", f"{bucket}/img_0000*.jpg"], checkpoint=checkpoint, output=out,
+                        top_k=TOP_K, accept_threshold=THRESHOLD, precision="fp32", max_batch_size=5)
+    return out, run(opts)
+
+
+def read_table(out: str, table: str):
+    files = sorted(glob.glob(f"{out}/{table}/*/*.parquet"))
+    assert files, f"no {table} files"
+    for f in files:
+        assert pq.read_schema(f).equals(TABLES[table], check_metadata=False), f
+    return pq.read_table(files, partitioning=None).to_pylist()
+
+
+def image_files(bucket: str) -> set[str]:
+    return {p for p in glob.glob(f"{bucket}/**", recursive=True) if p.lower().endswith((".jpg", ".png"))}
+
+
+def test_every_matched_file_is_labeled_or_an_error_exactly_once(labeled, bucket):
+    out, row = labeled
+    labels, errors = read_table(out, "labels"), read_table(out, "errors")
+    uris = [r["uri"] for r in labels] + [r["uri"] for r in errors]
+    assert len(uris) == len(set(uris)) == row["matched"] == 17
+    assert set(uris) == image_files(bucket)
+    assert (row["labeled"], row["errored"], row["skipped"]) == (len(labels), len(errors), 0) == (13, 4, 0)
+
+
+def test_broken_files_land_in_errors_with_stage_and_message(labeled, checkpoint):
+    out, row = labeled
+    errors = {os.path.basename(r["uri"]): r for r in read_table(out, "errors")}
+    assert set(errors) == {"broken_empty.jpg", "broken_truncated.jpg", "broken_random.png", "broken_html.jpg"}
+    assert {r["stage"] for r in errors.values()} == {"decode"}
+    assert "truncated" in errors["broken_truncated.jpg"]["message"]
+    assert "doctype" in errors["broken_html.jpg"]["message"] and errors["broken_empty.jpg"]["size_bytes"] == 0
+    version = load_checkpoint(checkpoint)[1].model_version
+    assert all(r["model_version"] == version and r["run_id"] == row["run_id"] and r["at"] for r in errors.values())
+
+
+def test_label_rows_hold_calibrated_top_k_from_the_checkpoint(labeled, checkpoint):
+    out, row = labeled
+    module, manifest = load_model(checkpoint, torch.device("cpu"))
+    for r in read_table(out, "labels"):
+        data = open(r["uri"], "rb").read()
+        assert r["content_sha256"] == hashlib.sha256(data).hexdigest() and r["size_bytes"] == len(data)
+        assert (r["width"], r["height"]) == Image.open(r["uri"]).size
+        # The same image through the checkpoint's own preprocessing and temperature, outside Beam.
+        pre = manifest.preprocess
+        x = pre.normalize(pre.eval_tensor(decode_image(data, pre.resize)[0])[None])
+        with torch.no_grad():
+            probs = (module(x) / manifest.temperature).softmax(1)[0]
+        expected, indices = probs.topk(TOP_K)
+        assert r["topk_indices"] == indices.tolist()
+        assert r["topk_confidences"] == pytest.approx(expected.tolist(), abs=1e-4)
+        assert r["topk_labels"] == [manifest.class_names[i] for i in indices]
+        assert (r["label"], r["label_index"], r["confidence"]) == (
+            r["topk_labels"][0], r["topk_indices"][0], r["topk_confidences"][0])
+        assert r["margin"] == pytest.approx(r["topk_confidences"][0] - r["topk_confidences"][1])
+        assert r["decision"] == ("accept" if r["confidence"] >= THRESHOLD else "review")
+        assert (r["model_version"], r["run_id"]) == (manifest.model_version, row["run_id"])
+
+
+def test_runs_table_records_the_run(labeled, checkpoint):
+    out, row = labeled
+    (stored,) = read_table(out, "runs")
+    assert stored["run_id"] == row["run_id"] and stored["checkpoint"] == checkpoint
+    assert (stored["matched"], stored["labeled"], stored["errored"]) == (17, 13, 4)
+    assert stored["images_per_second"] > 0 and stored["finished_at"] >= stored["started_at"]
+    assert '"top_k": 3' in stored["options_json"]
+    # Hive-style layout, and nothing but finished Parquet files under the output.
+    version = load_checkpoint(checkpoint)[1].model_version
+    files = {os.path.relpath(p, out) for p in glob.glob(f"{out}/**", recursive=True) if os.path.isfile(p)}
+    assert files == {f"runs/model={version}/{row['run_id']}.parquet",
+                     f"labels/model={version}/{row['run_id']}-00000-of-00001.parquet",
+                     f"errors/model={version}/{row['run_id']}-00000-of-00001.parquet"}
+
+
+def test_tables_read_directly_as_hive_partitioned_datasets(labeled, checkpoint):
+    import duckdb
+    import pyarrow.dataset as ds
+
+    out, _ = labeled
+    version = load_checkpoint(checkpoint)[1].model_version
+    table = ds.dataset(f"{out}/labels", format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 13 and set(table.column("model").to_pylist()) == {version}
+    count, = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/errors/*/*.parquet') "
+                        f"WHERE model = '{version}' AND model_version = '{version}'").fetchall()[0]
+    assert count == 4

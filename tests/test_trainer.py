@@ -1,0 +1,60 @@
+"""Training on generated data: the loop, the exported checkpoint, evaluation and bad data."""
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alexlabel.cli import main
+from schemas.checkpoint import load_checkpoint
+from trainer.calibrate import expected_calibration_error, fit_temperature
+from trainer.data import DataError, list_image_folder
+
+
+def test_exported_checkpoint_carries_the_inference_contract(checkpoint, sample_dir):
+    _, manifest = load_checkpoint(checkpoint)
+    assert manifest.arch == "alexnet_small" and manifest.arch_kwargs == {"width": 8, "dropout": 0.0}
+    assert manifest.class_names == sorted(os.listdir(os.path.join(sample_dir, "train")))
+    assert (manifest.preprocess.crop, manifest.preprocess.resize) == (32, 37)
+    assert manifest.temperature > 0 and 0 <= manifest.metrics["val_top1"] <= 1
+    assert {"ece_before", "ece_after", "val_top5"} <= manifest.metrics.keys()
+    assert manifest.provenance["recipe"]["epochs"] == 1 and manifest.provenance["torch"] == torch.__version__
+    out = os.path.dirname(checkpoint)
+    assert sorted(os.listdir(out)) == ["last.pt", "metrics.jsonl", "model.pt"]
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["images_per_second"] > 0
+
+
+def test_temperature_fit_lowers_calibration_error_of_overconfident_logits():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 4, (400,))
+    logits = torch.randn(400, 4)
+    logits[torch.arange(400), labels] += 1.0  # right about 60% of the time...
+    logits *= 8  # ...but nearly always certain
+    t = fit_temperature(logits, labels)
+    assert t > 2
+    assert expected_calibration_error(logits, labels, t) < expected_calibration_error(logits, labels) / 2
+
+
+def test_evaluate_prints_accuracy_and_writes_json(checkpoint, sample_dir, tmp_path):
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", checkpoint, "--data",
+                                       os.path.join(sample_dir, "val"), "--json", str(report), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "16 images: top-1" in result.output
+    data = json.loads(report.read_text())
+    assert data["images"] == 16 and len(data["confusion"]) == 8 and sum(map(sum, data["confusion"])) == 16
+
+
+def test_empty_class_folder_stops_before_training(tmp_path):
+    (tmp_path / "train" / "cats").mkdir(parents=True)
+    (tmp_path / "train" / "dogs").mkdir(parents=True)
+    (tmp_path / "train" / "dogs" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match="train/cats has no images"):
+        list_image_folder(str(tmp_path / "train"))
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: class folder {tmp_path}/train/cats has no images; "
+                                                  "add images or remove the folder"]
+    assert not (tmp_path / "out").exists()
