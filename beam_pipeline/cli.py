@@ -25,6 +25,9 @@ from schemas.tables import TABLES, bigquery_schema
 @click.option("--max-batch-size", type=int, default=64, show_default=True)
 @click.option("--extensions", default=",".join(DEFAULT_EXTENSIONS), show_default=True,
               help="Comma-separated file extensions to label (case-insensitive).")
+@click.option("--skip-existing", is_flag=True,
+              help="Resume: label only inputs with no labels or errors row for this model version under --output.")
+@click.option("--retry-errors", is_flag=True, help="With --skip-existing: try inputs that errored before again.")
 @click.option("--run-id", default="", help="Defaults to a UTC timestamp plus a random suffix.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def label_command(inputs, extensions, beam_args, **kw):

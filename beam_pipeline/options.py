@@ -28,6 +28,8 @@ class LabelOptions:
     min_batch_size: int = 1
     max_batch_size: int = 64
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    skip_existing: bool = False       # resume: leave out inputs this model version already labeled or errored
+    retry_errors: bool = False        # with skip_existing: try inputs that only have an errors row again
     run_id: str = ""
     beam_args: list[str] = field(default_factory=list)
 

@@ -1,9 +1,11 @@
 """The labeling job as one straight chain of named transforms, and the launcher that accounts for it.
 
-    MatchImages -> PrepareImages -> Classify (RunInference) -> ToLabelRows -> WriteLabels
-                        \\ errors ---------- \\ failed batches --> ToErrorRows -> WriteErrors
+    MatchImages -> SkipDone -> PrepareImages -> Classify (RunInference) -> ToLabelRows -> WriteLabels
+                                       \\ errors ---------- \\ failed batches --> ToErrorRows -> WriteErrors
 
-After the run, the launcher reads back the Parquet row counts, checks matched == labeled + errors,
+With --skip-existing, SkipDone drops inputs this model version already labeled or recorded as errors
+(--retry-errors tries those again). After
+the run, the launcher reads back the Parquet row counts, checks matched == labeled + errors + skipped,
 and writes the one-row runs table.
 """
 import time
@@ -18,7 +20,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from beam_pipeline.model_handler import AlexNetModelHandler, load_classifier
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.preprocess import ERRORS_TAG, PrepareImage, error_record
-from beam_pipeline.read import MatchImages, count_matches
+from beam_pipeline.read import MatchImages, SkipDone, count_matches
 from beam_pipeline.write import (
     WriteTable,
     count_rows,
@@ -40,11 +42,12 @@ def failed_batch_errors(failure):
         yield error_record(meta["uri"], "infer", exc, meta["size_bytes"])
 
 
-def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest) -> None:
+def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: list[str]) -> None:
     handler = AlexNetModelHandler(opts.checkpoint, device=opts.device, precision=opts.precision, top_k=opts.top_k,
                                   min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size)
     images, bad_images = (p
                           | "MatchImages" >> MatchImages(opts.inputs, opts.extensions)
+                          | "SkipDone" >> SkipDone(done_files)
                           | "PrepareImages" >> beam.ParDo(PrepareImage(manifest.preprocess)).with_outputs(
                               ERRORS_TAG, main="images"))
     predictions, failed = images | "Classify" >> RunInference(handler).with_exception_handling()
@@ -79,21 +82,23 @@ def run(opts: LabelOptions) -> dict:
     if not expected:
         raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
                          "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
+    done_files = [f for table in ("labels",) + (() if opts.retry_errors else ("errors",))
+                  for f in run_files(opts.output, table, manifest.model_version, "*")] if opts.skip_existing else []
     started, t0 = datetime.now(UTC), time.perf_counter()
     with make_pipeline(opts) as p:
-        build(p, opts, manifest)
+        build(p, opts, manifest, done_files)
     result = p.result
     wall = time.perf_counter() - t0
     labeled = count_rows(run_files(opts.output, "labels", manifest.model_version, opts.run_id))
     errored = count_rows(run_files(opts.output, "errors", manifest.model_version, opts.run_id))
-    matched = counter(result, "matched")
+    matched, skipped = counter(result, "matched"), counter(result, "skipped")
     row = {"run_id": opts.run_id, "model_version": manifest.model_version, "checkpoint": opts.checkpoint,
            "inputs": list(opts.inputs), "output": opts.output, "runner": opts.runner, "matched": matched,
-           "labeled": labeled, "errored": errored, "skipped": 0, "wall_seconds": wall,
+           "labeled": labeled, "errored": errored, "skipped": skipped, "wall_seconds": wall,
            "images_per_second": (labeled + errored) / wall, "started_at": started,
            "finished_at": datetime.now(UTC), "options_json": opts.to_json()}
     write_run_row(opts.output, row)
     if matched != labeled + errored + row["skipped"]:
-        raise AccountingError(f"run {opts.run_id}: matched {matched} != labeled {labeled} + errors {errored}; "
-                              "report this as a bug with the runs row")
+        raise AccountingError(f"run {opts.run_id}: matched {matched} != labeled {labeled} + errors {errored} + "
+                              f"skipped {skipped}; report this as a bug with the runs row")
     return row

@@ -9,7 +9,7 @@ import fsspec
 import pyarrow as pa
 
 from schemas.errors import UserError
-from schemas.storage import read_bytes
+from schemas.storage import as_url, glob_urls, is_local, read_bytes
 from schemas.tables import TABLES
 
 
@@ -21,12 +21,12 @@ def connect(output: str) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with one view per table; fsspec serves gs:// and other remote URLs."""
     con = duckdb.connect()
     fs, root = fsspec.core.url_to_fs(output.rstrip("/"))
-    if not _is_local(fs):
+    if not is_local(fs):
         con.register_filesystem(fs)
     if not fs.exists(f"{root}/runs"):
         raise NoOutput(f"{output} holds no alexlabel runs; run `alexlabel label --output {output}` first")
     for table, schema in TABLES.items():
-        files = [_url(fs, f) for f in sorted(fs.glob(f"{root}/{table}/*/*.parquet"))]
+        files = glob_urls(f"{output.rstrip('/')}/{table}/*/*.parquet")
         if files:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({files!r}, hive_partitioning=false, "
                         "union_by_name=true)")
@@ -41,19 +41,10 @@ def load_truth(con: duckdb.DuckDBPyConnection, truth: str) -> None:
     if not rows or not {"uri", "label"} <= rows[0].keys():
         raise UserError(f"truth file {truth} needs a header line with the columns uri,label")
     fs, path = fsspec.core.url_to_fs(truth)
-    base = posixpath.dirname(os.path.abspath(path) if _is_local(fs) else path)
-    uris = [r["uri"] if "://" in r["uri"] else _url(fs, posixpath.normpath(posixpath.join(base, r["uri"])))
+    base = posixpath.dirname(os.path.abspath(path) if is_local(fs) else path)
+    uris = [r["uri"] if "://" in r["uri"] else as_url(fs, posixpath.normpath(posixpath.join(base, r["uri"])))
             for r in rows]
     con.register("truth", pa.table({"uri": uris, "label": [r["label"] for r in rows]}))
-
-
-def _is_local(fs) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-
-
-def _url(fs, path: str) -> str:
-    """Paths as labels.uri spells them: plain absolute paths locally, full URLs elsewhere."""
-    return path if _is_local(fs) else fs.unstrip_protocol(path)
 
 
 SUMMARY_QUERIES = {

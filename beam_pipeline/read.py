@@ -7,6 +7,7 @@ from apache_beam.metrics import Metrics
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
 MATCHED = Metrics.counter("alexlabel", "matched")
+SKIPPED = Metrics.counter("alexlabel", "skipped")
 
 
 def has_extension(path: str, extensions: tuple[str, ...]) -> bool:
@@ -36,6 +37,36 @@ class MatchImages(beam.PTransform):
                 | "ImagesOnly" >> beam.Filter(has_extension, self.extensions)
                 | "Unique" >> beam.Distinct()
                 | "CountMatched" >> beam.Map(count_matched))
+
+
+class SkipDone(beam.PTransform):
+    """Drop URIs that already have a row in the given labels/errors files (resume); count them as skipped.
+
+    An anti-join by key, so the cost grows linearly with inputs and rows, on any runner.
+    """
+
+    def __init__(self, done_files: list[str]):
+        super().__init__()
+        self.done_files = done_files
+
+    def expand(self, uris):
+        done = (uris.pipeline
+                | "DoneFiles" >> beam.Create(self.done_files)
+                | "ReadDone" >> beam.io.ReadAllFromParquet(columns=["uri"])
+                | "KeyDone" >> beam.Map(lambda row: (row["uri"], None)))
+        return ({"todo": uris | "KeyTodo" >> beam.Map(lambda uri: (uri, None)), "done": done}
+                | "JoinDone" >> beam.CoGroupByKey()
+                | "NotDone" >> beam.FlatMap(_not_done))
+
+
+def _not_done(joined):
+    uri, groups = joined
+    if not list(groups["todo"]):
+        return
+    if list(groups["done"]):
+        SKIPPED.inc()
+    else:
+        yield uri
 
 
 def read_uri(uri: str) -> bytes:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
-from schemas.storage import atomic_write_bytes
+from schemas.storage import atomic_write_bytes, glob_urls
 from schemas.tables import TABLES
 
 LABELED = Metrics.counter("alexlabel", "labeled")
@@ -57,8 +57,8 @@ class WriteTable(beam.PTransform):
 
 
 def run_files(output: str, table: str, model_version: str, run_id: str) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(table_prefix(output, table, model_version))
-    return [fs.unstrip_protocol(p) for p in sorted(fs.glob(f"{path}/{run_id}-*.parquet"))]
+    """The finished files of one run (or of all runs, with run_id="*") of a table."""
+    return glob_urls(f"{table_prefix(output, table, model_version)}/{run_id}-*.parquet")
 
 
 def count_rows(files: list[str]) -> int:

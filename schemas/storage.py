@@ -9,6 +9,20 @@ def read_bytes(url: str) -> bytes:
         return f.read()
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def as_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path as the tables spell URIs: plain absolute paths locally, full URLs (gs://...) elsewhere."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def glob_urls(pattern: str) -> list[str]:
+    fs, path = fsspec.core.url_to_fs(pattern)
+    return [as_url(fs, p) for p in sorted(fs.glob(path))]
+
+
 def atomic_write_bytes(url: str, data: bytes) -> None:
     """Write to a hidden temp object beside `url`, then rename, so readers never see half a file.
 

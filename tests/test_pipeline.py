@@ -121,3 +121,22 @@ def test_tables_read_directly_as_hive_partitioned_datasets(labeled, checkpoint):
     count, = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/errors/*/*.parquet') "
                         f"WHERE model = '{version}' AND model_version = '{version}'").fetchall()[0]
     assert count == 4
+
+
+def test_skip_existing_labels_only_the_rest_and_a_finished_job_writes_nothing(bucket, checkpoint, tmp_path):
+    out = str(tmp_path / "out")
+
+    def label(pattern, **kw):
+        return run(LabelOptions(inputs=[pattern], checkpoint=checkpoint, output=out, skip_existing=True, **kw))
+
+    first = label(f"{bucket}/img_0000*.jpg")  # 10 of the 13 good images
+    assert (first["matched"], first["labeled"], first["errored"], first["skipped"]) == (10, 10, 0, 0)
+    rest = label(f"{bucket}/**")
+    assert (rest["matched"], rest["labeled"], rest["errored"], rest["skipped"]) == (17, 3, 4, 10)
+    again = label(f"{bucket}/**")
+    assert (again["matched"], again["labeled"], again["errored"], again["skipped"]) == (17, 0, 0, 17)
+    retried = label(f"{bucket}/**", retry_errors=True)
+    assert (retried["labeled"], retried["errored"], retried["skipped"]) == (0, 4, 13)
+    uris = [r["uri"] for r in read_table(out, "labels")]
+    assert len(uris) == len(set(uris)) == 13
+    assert len(read_table(out, "runs")) == 4
