@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -78,6 +79,7 @@ def run(opts: LabelOptions) -> dict:
     """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/)."""
     opts.validate()
     manifest = load_classifier(opts.checkpoint, opts.device, opts.precision).manifest  # fails before any input
+    FileSystems.set_options(PipelineOptions(opts.beam_args))  # e.g. --no_auth for the launcher's own match
     expected = count_matches(opts.inputs, opts.extensions)
     if not expected:
         raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "

@@ -1,0 +1,33 @@
+"""gs:// end to end against a real GCS protocol server: input bucket, checkpoint and output tables."""
+import os
+
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+
+from alexlabel.cli import main
+from schemas.tables import TABLES
+
+
+def test_label_and_query_a_gs_bucket(gcs, sample_dir, checkpoint):
+    gcs.mkdir("alexlabel-test")
+    gcs.put(os.path.join(sample_dir, "bucket"), "alexlabel-test/images/", recursive=True)
+    gcs.put(checkpoint, "alexlabel-test/models/model.pt")
+    out = "gs://alexlabel-test/out"
+    result = CliRunner().invoke(main, ["label", "--input", "gs://alexlabel-test/images/**", "--checkpoint",
+                                       "gs://alexlabel-test/models/model.pt", "--output", out])
+    assert result.exit_code == 0, result.output
+    assert "matched 16, labeled 12, errors 4" in result.output
+
+    files = {t: gcs.glob(f"alexlabel-test/out/{t}/*/*.parquet") for t in TABLES}
+    rows = {}
+    for table, paths in files.items():
+        assert paths, table
+        tables = [pq.read_table(gcs.open(p, "rb"), partitioning=None) for p in paths]
+        assert all(t.schema.equals(TABLES[table], check_metadata=False) for t in tables)
+        rows[table] = [r for t in tables for r in t.to_pylist()]
+    assert {r["uri"] for r in rows["labels"]} | {r["uri"] for r in rows["errors"]} == {
+        "gs://" + p for p in gcs.find("alexlabel-test/images")}
+    assert rows["runs"][0]["matched"] == 16 and rows["runs"][0]["checkpoint"] == "gs://alexlabel-test/models/model.pt"
+
+    summary = CliRunner().invoke(main, ["query", out, "--sql", "SELECT count(*) AS n FROM labels"])
+    assert summary.exit_code == 0 and "12" in summary.output
