@@ -4,7 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 
-.PHONY: install demo test lint clean
+# Dataflow: make image IMAGE=REGION-docker.pkg.dev/PROJECT/REPO/alexlabel-gpu:TAG
+#           make submit-dataflow PROJECT=... BUCKET=gs://... INPUT='gs://.../**' CHECKPOINT=gs://.../model.pt IMAGE=...
+IMAGE      ?= alexlabel-gpu:latest
+REGION     ?= us-central1
+GPU_TYPE   ?= nvidia-l4
+OUTPUT     ?= $(BUCKET)/alexlabel-out
+
+.PHONY: install demo test lint clean image submit-dataflow dataflow-dry-run
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +34,17 @@ lint: install
 
 clean:
 	rm -rf alexlabel-demo .pytest_cache build *.egg-info
+
+image:  ## build and push the Dataflow GPU worker image (needs a Docker engine)
+	docker build -f Dockerfile.gpu -t $(IMAGE) .
+	docker push $(IMAGE)
+
+DATAFLOW_ARGS = --input '$(INPUT)' --checkpoint $(CHECKPOINT) --output $(OUTPUT) --runner DataflowRunner \
+	--project $(PROJECT) --region $(REGION) --temp-location $(BUCKET)/tmp --device gpu --gpu-type $(GPU_TYPE) \
+	--container-image $(IMAGE)
+
+dataflow-dry-run: install  ## resolve options and translate the Dataflow job without submitting it
+	$(BIN)/alexlabel label $(DATAFLOW_ARGS) --dry-run
+
+submit-dataflow: install  ## label a bucket on Dataflow GPU workers
+	$(BIN)/alexlabel label $(DATAFLOW_ARGS)

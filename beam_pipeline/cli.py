@@ -9,8 +9,10 @@ from schemas.tables import TABLES, bigquery_schema
 
 
 @click.command("label", context_settings={"ignore_unknown_options": True})
-@click.option("--input", "inputs", multiple=True, required=True,
+@click.option("--input", "inputs", multiple=True,
               help="Glob pattern of images (local, gs://, ...; '**' recurses). Repeat for more.")
+@click.option("--input-list", "input_lists", multiple=True,
+              help="File of URIs to label: text (one per line) or Parquet with a uri column. Repeatable.")
 @click.option("--checkpoint", required=True, help="Inference checkpoint (model.pt) on any URL.")
 @click.option("--output", required=True, help="Folder or bucket URL for the labels/, errors/, runs/ tables.")
 @click.option("--runner", type=click.Choice(RUNNERS), default="DirectRunner", show_default=True)
@@ -29,16 +31,32 @@ from schemas.tables import TABLES, bigquery_schema
               help="Resume: label only inputs with no labels or errors row for this model version under --output.")
 @click.option("--retry-errors", is_flag=True, help="With --skip-existing: try inputs that errored before again.")
 @click.option("--run-id", default="", help="Defaults to a UTC timestamp plus a random suffix.")
+@click.option("--project", default="", help="Dataflow: Google Cloud project.")
+@click.option("--region", default="", help="Dataflow: region, e.g. us-central1.")
+@click.option("--temp-location", default="", help="Dataflow: gs:// folder for temp and staging files.")
+@click.option("--machine-type", default="", help="Dataflow: worker machine type (default fits --gpu-type).")
+@click.option("--gpu-type", default="", help="Dataflow: GPU per worker, e.g. nvidia-l4 (needs --device gpu).")
+@click.option("--gpu-count", type=int, default=1, show_default=True, help="Dataflow: GPUs per worker.")
+@click.option("--container-image", default="", help="Dataflow: worker image built by `make image`.")
+@click.option("--max-workers", type=int, default=0, help="Dataflow: autoscaling limit (0: Dataflow's default).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved Beam options (and build + translate a Dataflow job) without running.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-def label_command(inputs, extensions, beam_args, **kw):
+def label_command(inputs, input_lists, extensions, beam_args, **kw):
     """Label every image the --input patterns match; write Parquet tables under --output.
 
-    Extra arguments after the options go to Beam (e.g. --direct_num_workers=2).
+    Extra arguments after the options go to Beam as they are (e.g. --direct_num_workers=2).
     """
-    from beam_pipeline.pipeline import run  # Beam and torch load only for commands that need them
+    from beam_pipeline.pipeline import dry_run, run  # Beam and torch load only for commands that need them
 
-    opts = LabelOptions(inputs=list(inputs), extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()),
-                        beam_args=list(beam_args), **kw)
+    opts = LabelOptions(inputs=list(inputs), input_lists=list(input_lists), beam_args=list(beam_args),
+                        extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()), **kw)
+    if opts.dry_run:
+        flags, transforms = dry_run(opts)
+        click.echo(json.dumps({"run_id": opts.run_id, "runner": opts.runner, "beam_options": flags,
+                               "translated_transforms": transforms}, indent=2))
+        click.echo("dry run: nothing was submitted or written")
+        return
     row = run(opts)
     click.echo(f"run {row['run_id']}: matched {row['matched']}, labeled {row['labeled']}, errors {row['errored']}, "
                f"skipped {row['skipped']} in {row['wall_seconds']:.1f}s ({row['images_per_second']:.1f} images/s)"

@@ -63,8 +63,9 @@ def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto
 
 class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
     def __init__(self, checkpoint: str, *, device: str = "cpu", precision: str = "auto", top_k: int = 5,
-                 min_batch_size: int = 1, max_batch_size: int = 64):
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+                 min_batch_size: int = 1, max_batch_size: int = 64, model_copies: int | None = None):
+        # model_copies: exactly that many copies per machine, shared by its worker processes (one per GPU).
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, model_copies=model_copies)
         self._checkpoint, self._device, self._precision, self._top_k = checkpoint, device, precision, top_k
 
     def load_model(self) -> Classifier:

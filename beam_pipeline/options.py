@@ -1,14 +1,22 @@
-"""What a labeling run is asked to do, validated before anything is read or written."""
+"""What a labeling run is asked to do, validated before anything is read or written, and the Beam
+pipeline options it maps to (DirectRunner locally; DataflowRunner with GPU workers at scale)."""
 import json
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from beam_pipeline.read import DEFAULT_EXTENSIONS
 from schemas.errors import UserError
 
 RUNNERS = ("DirectRunner", "DataflowRunner")
+# Dataflow machine types that can host each GPU: L4s come only on G2 machines, the others attach to N1.
+GPU_MACHINES = {"nvidia-l4": "g2-standard-8", "nvidia-tesla-t4": "n1-standard-8",
+                "nvidia-tesla-v100": "n1-standard-8", "nvidia-tesla-p100": "n1-standard-8",
+                "nvidia-tesla-p4": "n1-standard-8", "nvidia-tesla-a100": "a2-highgpu-1g",
+                "nvidia-a100-80gb": "a2-ultragpu-1g", "nvidia-h100-80gb": "a3-highgpu-1g"}
+SETUP_PY = Path(__file__).resolve().parents[1] / "setup.py"  # present in a source checkout, absent in the image
 
 
 class UsageError(UserError):
@@ -17,9 +25,10 @@ class UsageError(UserError):
 
 @dataclass
 class LabelOptions:
-    inputs: list[str]
+    inputs: list[str]                 # glob patterns
     checkpoint: str
     output: str
+    input_lists: list[str] = field(default_factory=list)  # text (one URI a line) or Parquet (`uri` column)
     runner: str = "DirectRunner"
     device: str = "cpu"               # cpu or gpu (gpu fails loudly when none works)
     precision: str = "auto"           # auto (bf16 where native), bf16, fp32
@@ -31,11 +40,21 @@ class LabelOptions:
     skip_existing: bool = False       # resume: leave out inputs this model version already labeled or errored
     retry_errors: bool = False        # with skip_existing: try inputs that only have an errors row again
     run_id: str = ""
+    # Dataflow
+    project: str = ""
+    region: str = ""
+    temp_location: str = ""           # gs:// folder for Beam's temp and staging files
+    machine_type: str = ""            # default: one that hosts --gpu-type, else Dataflow's default
+    gpu_type: str = ""                # e.g. nvidia-l4; needs --device gpu
+    gpu_count: int = 1
+    container_image: str = ""         # built from Dockerfile.gpu (make image)
+    max_workers: int = 0
+    dry_run: bool = False             # print the resolved options (and translate a Dataflow job), submit nothing
     beam_args: list[str] = field(default_factory=list)
 
     def validate(self) -> "LabelOptions":
-        if not self.inputs:
-            raise UsageError("no --input given; pass a pattern such as 'gs://bucket/images/**'")
+        if not self.inputs and not self.input_lists:
+            raise UsageError("no --input given; pass a pattern such as 'gs://bucket/images/**' or --input-list FILE")
         if self.runner not in RUNNERS:
             raise UsageError(f"unknown --runner {self.runner!r}; use one of {', '.join(RUNNERS)}")
         if self.device not in ("cpu", "gpu"):
@@ -49,10 +68,60 @@ class LabelOptions:
         if not 1 <= self.min_batch_size <= self.max_batch_size:
             raise UsageError(f"batch sizes need 1 <= min <= max, got min={self.min_batch_size} "
                              f"max={self.max_batch_size}")
+        if self.runner == "DataflowRunner":
+            self._validate_dataflow()
+        elif self.gpu_type or self.container_image or self.project:
+            raise UsageError("--project, --gpu-type and --container-image are Dataflow options; "
+                             "add --runner DataflowRunner")
         self.inputs = [_absolute(p) for p in self.inputs]
+        self.input_lists = [_absolute(p) for p in self.input_lists]
         self.output, self.checkpoint = _absolute(self.output), _absolute(self.checkpoint)
         self.run_id = self.run_id or new_run_id()
         return self
+
+    def _validate_dataflow(self) -> None:
+        missing = [flag for flag, value in (("--project", self.project), ("--region", self.region),
+                                            ("--temp-location", self.temp_location)) if not value]
+        if missing:
+            raise UsageError(f"--runner DataflowRunner needs {', '.join(missing)} (e.g. --project my-project "
+                             "--region us-central1 --temp-location gs://my-bucket/tmp)")
+        for flag, url in (("--temp-location", self.temp_location), ("--checkpoint", self.checkpoint),
+                          ("--output", self.output), *(("--input", p) for p in self.inputs),
+                          *(("--input-list", p) for p in self.input_lists)):
+            if not url.startswith("gs://"):
+                raise UsageError(f"{flag} {url} is not on gs://; Dataflow workers cannot read local files")
+        if self.gpu_type and self.device != "gpu":
+            raise UsageError("--gpu-type attaches GPUs to the workers; add --device gpu to label on them")
+        if self.device == "gpu" and not self.gpu_type:
+            raise UsageError("--device gpu on Dataflow needs --gpu-type (e.g. nvidia-l4)")
+        if self.gpu_type and not (self.machine_type or self.gpu_type in GPU_MACHINES):
+            raise UsageError(f"no default machine for --gpu-type {self.gpu_type}; pass --machine-type")
+        if self.gpu_count < 1:
+            raise UsageError(f"--gpu-count must be at least 1, got {self.gpu_count}")
+
+    def beam_flags(self) -> list[str]:
+        """The Beam pipeline options this run maps to; user's extra Beam args come last and win."""
+        flags = [f"--runner={self.runner}"]
+        if self.runner == "DataflowRunner":
+            temp = self.temp_location.rstrip("/")
+            flags += [f"--project={self.project}", f"--region={self.region}", f"--temp_location={temp}",
+                      f"--staging_location={temp}/staging", f"--job_name=alexlabel-{self.run_id.lower()}",
+                      "--experiments=use_runner_v2"]
+            if SETUP_PY.exists():  # ship this exact code to the workers
+                flags.append(f"--setup_file={SETUP_PY}")
+            if self.container_image:
+                flags += [f"--sdk_container_image={self.container_image}", "--sdk_location=container"]
+            if self.gpu_type:
+                flags += [f"--machine_type={self.machine_type or GPU_MACHINES[self.gpu_type]}",
+                          "--dataflow_service_options=worker_accelerator="
+                          f"type:{self.gpu_type};count:{self.gpu_count};install-nvidia-driver"]
+            elif self.machine_type:
+                flags.append(f"--machine_type={self.machine_type}")
+            if self.max_workers:
+                flags.append(f"--max_num_workers={self.max_workers}")
+        if self.dry_run and self.runner == "DataflowRunner":
+            flags.append("--dry_run=True")
+        return flags + list(self.beam_args)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -45,9 +45,10 @@ def failed_batch_errors(failure):
 
 def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: list[str]) -> None:
     handler = AlexNetModelHandler(opts.checkpoint, device=opts.device, precision=opts.precision, top_k=opts.top_k,
-                                  min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size)
+                                  min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
+                                  model_copies=opts.gpu_count if opts.device == "gpu" else None)
     images, bad_images = (p
-                          | "MatchImages" >> MatchImages(opts.inputs, opts.extensions)
+                          | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
                           | "SkipDone" >> SkipDone(done_files)
                           | "PrepareImages" >> beam.ParDo(PrepareImage(manifest.preprocess)).with_outputs(
                               ERRORS_TAG, main="images"))
@@ -63,11 +64,46 @@ def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: 
 
 
 def make_pipeline(opts: LabelOptions) -> beam.Pipeline:
-    options = PipelineOptions(opts.beam_args, runner=opts.runner)
+    options = PipelineOptions(opts.beam_flags())
     if opts.runner == "DirectRunner":
         # What DirectRunner runs batch jobs on, minus its first attempt to download the Prism runner.
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
+    """Check everything a job needs before it starts; returns the manifest and the files resume skips.
+
+    A GPU is checked where the model runs: here for local runners, on the workers for Dataflow.
+    """
+    opts.validate()
+    local_device = opts.device if opts.runner == "DirectRunner" else "cpu"
+    manifest = load_classifier(opts.checkpoint, local_device, opts.precision).manifest
+    FileSystems.set_options(PipelineOptions(opts.beam_flags()))  # e.g. credentials for the launcher's own match
+    missing = [url for url in opts.input_lists if not FileSystems.exists(url)]
+    if missing:
+        raise UsageError(f"--input-list {missing[0]} does not exist; pass a text file of URIs or a Parquet file "
+                         "with a uri column")
+    if opts.inputs and not count_matches(opts.inputs, opts.extensions):
+        raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
+                         "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
+    tables = ("labels",) + (() if opts.retry_errors else ("errors",))
+    done = [f for t in tables for f in run_files(opts.output, t, manifest.model_version, "*")] if opts.skip_existing \
+        else []
+    return manifest, done
+
+
+def dry_run(opts: LabelOptions) -> tuple[list[str], list[str]]:
+    """Validate; return the resolved Beam options and, for Dataflow, the names of the transforms in the
+    job that Beam built, pickled and translated (its own --dry_run). Nothing runs, nothing is written."""
+    opts.dry_run = True
+    manifest, done = prepare(opts)
+    if opts.runner != "DataflowRunner":
+        return opts.beam_flags(), []
+    with make_pipeline(opts) as p:
+        build(p, opts, manifest, done)
+    transforms = p.result.job.proto_pipeline.components.transforms.values()
+    return opts.beam_flags(), sorted(t.unique_name for t in transforms if "/" not in t.unique_name)
 
 
 def counter(result, name: str) -> int:
@@ -77,18 +113,10 @@ def counter(result, name: str) -> int:
 
 def run(opts: LabelOptions) -> dict:
     """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/)."""
-    opts.validate()
-    manifest = load_classifier(opts.checkpoint, opts.device, opts.precision).manifest  # fails before any input
-    FileSystems.set_options(PipelineOptions(opts.beam_args))  # e.g. --no_auth for the launcher's own match
-    expected = count_matches(opts.inputs, opts.extensions)
-    if not expected:
-        raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
-                         "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
-    done_files = [f for table in ("labels",) + (() if opts.retry_errors else ("errors",))
-                  for f in run_files(opts.output, table, manifest.model_version, "*")] if opts.skip_existing else []
+    manifest, done = prepare(opts)
     started, t0 = datetime.now(UTC), time.perf_counter()
     with make_pipeline(opts) as p:
-        build(p, opts, manifest, done_files)
+        build(p, opts, manifest, done)
     result = p.result
     wall = time.perf_counter() - t0
     labeled = count_rows(run_files(opts.output, "labels", manifest.model_version, opts.run_id))
@@ -100,7 +128,7 @@ def run(opts: LabelOptions) -> dict:
            "images_per_second": (labeled + errored) / wall, "started_at": started,
            "finished_at": datetime.now(UTC), "options_json": opts.to_json()}
     write_run_row(opts.output, row)
-    if matched != labeled + errored + row["skipped"]:
+    if matched != labeled + errored + skipped:
         raise AccountingError(f"run {opts.run_id}: matched {matched} != labeled {labeled} + errors {errored} + "
                               f"skipped {skipped}; report this as a bug with the runs row")
     return row

@@ -1,4 +1,5 @@
-"""Matching: glob patterns (local, gs://, anything Beam's FileSystems reads) -> unique image URIs."""
+"""Inputs -> unique image URIs: glob patterns (local, gs://, anything Beam's FileSystems reads) and
+lists of URIs (a text file, one per line, or a Parquet file with a `uri` column, e.g. a labels table)."""
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.fileio import EmptyMatchTreatment
@@ -20,23 +21,35 @@ def count_matched(uri: str) -> str:
 
 
 class MatchImages(beam.PTransform):
-    """Patterns -> each matching image URI exactly once, spread across workers.
+    """Patterns and URI lists -> each image URI exactly once, spread across workers.
 
-    Distinct both drops files that two patterns match and redistributes the work after matching.
+    The extension filter applies to pattern matches only: a listed URI was asked for by name, so it is
+    labeled or becomes an error row. Distinct drops URIs named twice and redistributes the work.
     """
 
-    def __init__(self, patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTENSIONS):
+    def __init__(self, patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
+                 lists: list[str] = ()):
         super().__init__()
-        self.patterns, self.extensions = list(patterns), tuple(e.lower().lstrip(".") for e in extensions)
+        self.patterns, self.lists = list(patterns), list(lists)
+        self.extensions = tuple(e.lower().lstrip(".") for e in extensions)
 
     def expand(self, pbegin):
-        return (pbegin
-                | "Patterns" >> beam.Create(self.patterns)
-                | "Match" >> fileio.MatchAll(EmptyMatchTreatment.ALLOW)
-                | "Paths" >> beam.Map(lambda metadata: metadata.path)
-                | "ImagesOnly" >> beam.Filter(has_extension, self.extensions)
+        matched = (pbegin
+                   | "Patterns" >> beam.Create(self.patterns)
+                   | "Match" >> fileio.MatchAll(EmptyMatchTreatment.ALLOW)
+                   | "Paths" >> beam.Map(lambda metadata: metadata.path)
+                   | "ImagesOnly" >> beam.Filter(has_extension, self.extensions))
+        listed = [pbegin | f"List{i}" >> read_uri_list(url) for i, url in enumerate(self.lists)]
+        return ((matched, *listed)
+                | "AllInputs" >> beam.Flatten()
                 | "Unique" >> beam.Distinct()
                 | "CountMatched" >> beam.Map(count_matched))
+
+
+def read_uri_list(url: str) -> beam.PTransform:
+    if url.lower().endswith(".parquet"):
+        return beam.io.ReadFromParquet(url, columns=["uri"]) | beam.Map(lambda row: row["uri"])
+    return beam.io.ReadFromText(url) | beam.Map(str.strip) | beam.Filter(bool)
 
 
 class SkipDone(beam.PTransform):

@@ -49,13 +49,20 @@ class Preprocess:
                    mean=tuple(d.get("mean", IMAGENET_MEAN)), std=tuple(d.get("std", IMAGENET_STD)))
 
     def eval_tensor(self, img: Image.Image) -> torch.Tensor:
-        """Resize + center crop an RGB image to a uint8 CHW tensor of crop x crop."""
+        """Resize the shorter side to `resize`, center-crop `crop`: a uint8 CHW tensor of crop x crop.
+
+        Same geometry as torchvision's Resize + CenterCrop, done as one resize of just the source box that
+        becomes the crop: the work (and memory) is crop x crop whatever the image's size or aspect ratio.
+        """
         w, h = img.size
-        scale = self.resize / min(w, h)
-        size = (max(self.resize, round(w * scale)), max(self.resize, round(h * scale)))
-        img = img.resize(size, INTERPOLATIONS[self.interpolation])
-        left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
-        return to_uint8_tensor(img.crop((left, top, left + self.crop, top + self.crop)))
+        if w <= h:
+            new_w, new_h = self.resize, int(self.resize * h / w)
+        else:
+            new_w, new_h = int(self.resize * w / h), self.resize
+        left, top = round((new_w - self.crop) / 2), round((new_h - self.crop) / 2)
+        sx, sy = w / new_w, h / new_h  # source pixels per resized pixel
+        box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
+        return to_uint8_tensor(img.resize((self.crop, self.crop), INTERPOLATIONS[self.interpolation], box=box))
 
     def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """uint8 NCHW batch -> normalized float batch, on the batch's device."""

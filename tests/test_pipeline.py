@@ -140,3 +140,17 @@ def test_skip_existing_labels_only_the_rest_and_a_finished_job_writes_nothing(bu
     uris = [r["uri"] for r in read_table(out, "labels")]
     assert len(uris) == len(set(uris)) == 13
     assert len(read_table(out, "runs")) == 4
+
+
+def test_uri_lists_in_text_and_parquet_are_labeled_exactly_once(bucket, checkpoint, labeled, tmp_path):
+    out, _ = labeled
+    text = tmp_path / "uris.txt"
+    missing = f"{bucket}/gone.jpg"
+    text.write_text(f"{bucket}/img_00001.jpg\n\n{bucket}/README.txt\n{missing}\n{bucket}/img_00001.jpg\n")
+    labels_files = glob.glob(f"{out}/labels/*/*.parquet")  # a labels table is a list of URIs too
+    opts = LabelOptions(inputs=[], input_lists=[str(text), *labels_files], checkpoint=checkpoint,
+                        output=str(tmp_path / "out"))
+    row = run(opts)
+    assert (row["matched"], row["labeled"], row["errored"]) == (15, 13, 2)  # 13 labeled before + 2 listed non-images
+    errors = {r["uri"]: r for r in read_table(str(tmp_path / "out"), "errors")}
+    assert errors[missing]["stage"] == "read" and errors[f"{bucket}/README.txt"]["stage"] == "decode"

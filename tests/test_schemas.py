@@ -174,3 +174,51 @@ def test_bigquery_schemas_cover_every_column():
     assert labels["topk_labels"] == {"name": "topk_labels", "type": "STRING", "mode": "REPEATED"}
     assert labels["labeled_at"]["type"] == "TIMESTAMP" and labels["confidence"]["mode"] == "REQUIRED"
     assert {f["name"]: f for f in bigquery_schema(ERRORS)}["size_bytes"]["mode"] == "NULLABLE"
+
+
+def test_eval_tensor_matches_torchvision_resize_then_center_crop():
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+    pre = Preprocess(resize=256, crop=224)
+    reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
+    diff = (pre.eval_tensor(smooth).float() - reference(smooth).float()).abs()
+    assert diff.mean() < 1.0 and diff.max() <= 8  # same geometry; sub-pixel rounding only
+
+
+@pytest.mark.parametrize("size", [(1, 1), (100_000, 1), (3, 20_000)])
+def test_eval_tensor_handles_tiny_and_extreme_aspect_images(size):
+    x = Preprocess(resize=36, crop=32).eval_tensor(Image.new("RGB", size, (9, 99, 199)))
+    assert x.shape == (3, 32, 32) and x[:, 16, 16].tolist() == [9, 99, 199]
+
+
+def formats() -> dict[str, bytes]:
+    """The same red-left / blue-right picture in every format and mode Pillow writes."""
+    rgb = Image.new("RGB", (64, 48), (220, 20, 20))
+    rgb.paste((20, 20, 220), (32, 0, 64, 48))
+    gif = [rgb.convert("P"), Image.new("RGB", (64, 48), (0, 255, 0)).convert("P")]  # animated: first frame counts
+    gif_bytes = io.BytesIO()
+    gif[0].save(gif_bytes, "GIF", save_all=True, append_images=gif[1:])
+    return {
+        "jpeg": encode(rgb, "JPEG", quality=95),
+        "jpeg-progressive": encode(rgb, "JPEG", quality=95, progressive=True),
+        "jpeg-cmyk": encode(rgb.convert("CMYK"), "JPEG", quality=95),
+        "png-palette": encode(rgb.convert("P"), "PNG"),
+        "png-gray": encode(rgb.convert("L"), "PNG"),
+        "gif-animated": gif_bytes.getvalue(),
+        "webp": encode(rgb, "WEBP", quality=95),
+        "bmp": encode(rgb, "BMP"),
+        "tiff": encode(rgb, "TIFF"),
+    }
+
+
+@pytest.mark.parametrize("name", list(formats()))
+def test_every_common_format_decodes_to_upright_rgb(name):
+    img, size = decode_image(formats()[name])
+    assert img.mode == "RGB" and size == (64, 48) and img.size == (64, 48)
+    left, right = img.getpixel((8, 24)), img.getpixel((56, 24))
+    if name == "png-gray":
+        assert left[0] == left[1] == left[2] and left != right
+    else:
+        assert left[0] > 150 > left[2] and right[2] > 150 > right[0], (left, right)
