@@ -39,15 +39,25 @@ from schemas.tables import TABLES, bigquery_schema
 @click.option("--gpu-count", type=int, default=1, show_default=True, help="Dataflow: GPUs per worker.")
 @click.option("--container-image", default="", help="Dataflow: worker image built by `make image`.")
 @click.option("--max-workers", type=int, default=0, help="Dataflow: autoscaling limit (0: Dataflow's default).")
+@click.option("--streaming", is_flag=True, help="Unbounded Dataflow job: label new objects as they arrive.")
+@click.option("--notifications", default="",
+              help="Streaming: GCS Pub/Sub notifications subscription, projects/P/subscriptions/S.")
+@click.option("--poll-seconds", type=float, default=60.0, show_default=True,
+              help="Streaming: how often to poll --input patterns (without --notifications) and --watch-model.")
+@click.option("--window-seconds", type=float, default=60.0, show_default=True,
+              help="Streaming: rows are written once per window of this length.")
+@click.option("--watch-model", default="", help="Streaming: checkpoint pattern; the newest match replaces the model.")
+@click.option("--watch", "watch_seconds", type=float, default=0.0,
+              help="Local: keep labeling new files, polling every SECONDS (resume-based; Ctrl-C stops).")
 @click.option("--dry-run", is_flag=True,
               help="Print the resolved Beam options (and build + translate a Dataflow job) without running.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-def label_command(inputs, input_lists, extensions, beam_args, **kw):
+def label_command(inputs, input_lists, extensions, beam_args, watch_seconds, **kw):
     """Label every image the --input patterns match; write Parquet tables under --output.
 
     Extra arguments after the options go to Beam as they are (e.g. --direct_num_workers=2).
     """
-    from beam_pipeline.pipeline import dry_run, run  # Beam and torch load only for commands that need them
+    from beam_pipeline.pipeline import dry_run, launch_streaming, run, watch  # loads Beam and torch
 
     opts = LabelOptions(inputs=list(inputs), input_lists=list(input_lists), beam_args=list(beam_args),
                         extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()), **kw)
@@ -57,7 +67,17 @@ def label_command(inputs, input_lists, extensions, beam_args, **kw):
                                "translated_transforms": transforms}, indent=2))
         click.echo("dry run: nothing was submitted or written")
         return
-    row = run(opts)
+    if opts.streaming:
+        click.echo(f"streaming job {launch_streaming(opts)} submitted; it runs until drained or cancelled")
+        return
+    if watch_seconds:
+        click.echo(f"watching {' '.join(opts.inputs)} every {watch_seconds:g}s; Ctrl-C stops")
+        watch(opts, watch_seconds, on_round=lambda row: row and echo_run(row))
+        return
+    echo_run(run(opts))
+
+
+def echo_run(row: dict) -> None:
     click.echo(f"run {row['run_id']}: matched {row['matched']}, labeled {row['labeled']}, errors {row['errored']}, "
                f"skipped {row['skipped']} in {row['wall_seconds']:.1f}s ({row['images_per_second']:.1f} images/s)"
                f" -> {row['output']}")

@@ -13,6 +13,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
 from schemas.errors import UserError
+from schemas.preprocess import Preprocess
 from trainer.models import build_model
 
 Example = tuple[dict, torch.Tensor]  # (image metadata, uint8 CHW tensor)
@@ -63,13 +64,21 @@ def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto
 
 class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
     def __init__(self, checkpoint: str, *, device: str = "cpu", precision: str = "auto", top_k: int = 5,
-                 min_batch_size: int = 1, max_batch_size: int = 64, model_copies: int | None = None):
+                 min_batch_size: int = 1, max_batch_size: int = 64, model_copies: int | None = None,
+                 preprocess: Preprocess | None = None):
         # model_copies: exactly that many copies per machine, shared by its worker processes (one per GPU).
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, model_copies=model_copies)
         self._checkpoint, self._device, self._precision, self._top_k = checkpoint, device, precision, top_k
+        self._default_checkpoint, self._preprocess = checkpoint, preprocess
 
     def load_model(self) -> Classifier:
-        return load_classifier(self._checkpoint, self._device, self._precision)
+        classifier = load_classifier(self._checkpoint, self._device, self._precision)
+        if self._preprocess and classifier.manifest.preprocess != self._preprocess:
+            # Images were prepared for the first model; a swapped-in one must expect the same input.
+            raise CheckpointError(f"checkpoint {self._checkpoint} expects preprocessing "
+                                  f"{classifier.manifest.preprocess} but this job prepares {self._preprocess}; "
+                                  "swap only models trained with the same image size, mean and std")
+        return classifier
 
     def run_inference(self, batch: Sequence[Example], model: Classifier,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
@@ -89,7 +98,8 @@ class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
                 for meta, idx, conf in zip(metas, indices, confidences, strict=False)]
 
     def update_model_path(self, model_path: str | None = None):
-        self._checkpoint = model_path or self._checkpoint
+        """A model side input names the checkpoint to swap in; an empty one means the job's own."""
+        self._checkpoint = model_path or self._default_checkpoint
 
     def get_metrics_namespace(self) -> str:
         return "alexlabel"

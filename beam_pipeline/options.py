@@ -49,6 +49,12 @@ class LabelOptions:
     gpu_count: int = 1
     container_image: str = ""         # built from Dockerfile.gpu (make image)
     max_workers: int = 0
+    # Streaming
+    streaming: bool = False           # unbounded job (Dataflow): new objects as they arrive
+    notifications: str = ""           # projects/P/subscriptions/S of GCS Pub/Sub notifications; else poll inputs
+    poll_seconds: float = 60.0        # how often to poll the input patterns and --watch-model
+    window_seconds: float = 60.0      # streaming rows are written once per fixed window
+    watch_model: str = ""             # checkpoint pattern; the newest match replaces the model in place
     dry_run: bool = False             # print the resolved options (and translate a Dataflow job), submit nothing
     beam_args: list[str] = field(default_factory=list)
 
@@ -68,6 +74,19 @@ class LabelOptions:
         if not 1 <= self.min_batch_size <= self.max_batch_size:
             raise UsageError(f"batch sizes need 1 <= min <= max, got min={self.min_batch_size} "
                              f"max={self.max_batch_size}")
+        if (self.notifications or self.watch_model) and not self.streaming:
+            raise UsageError("--notifications and --watch-model belong to streaming jobs; add --streaming "
+                             "(or use --watch SECONDS to poll locally)")
+        if self.streaming and self.runner == "DirectRunner" and not self.dry_run:
+            raise UsageError("--streaming runs on Dataflow (local runners cannot watch buckets); "
+                             "use --watch SECONDS to keep labeling new files locally")
+        if self.streaming and (self.skip_existing or self.input_lists):
+            raise UsageError("--skip-existing and --input-list are for batch runs; a streaming job labels "
+                             "each new object once by itself")
+        if self.streaming and not (self.inputs or self.notifications):
+            raise UsageError("--streaming needs --input patterns to poll or --notifications to listen to")
+        if self.window_seconds <= 0 or self.poll_seconds <= 0:
+            raise UsageError("--window-seconds and --poll-seconds must be positive")
         if self.runner == "DataflowRunner":
             self._validate_dataflow()
         elif self.gpu_type or self.container_image or self.project:
@@ -119,6 +138,8 @@ class LabelOptions:
                 flags.append(f"--machine_type={self.machine_type}")
             if self.max_workers:
                 flags.append(f"--max_num_workers={self.max_workers}")
+        if self.streaming:
+            flags.append("--streaming")
         if self.dry_run and self.runner == "DataflowRunner":
             flags.append("--dry_run=True")
         return flags + list(self.beam_args)

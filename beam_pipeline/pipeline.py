@@ -9,19 +9,23 @@ the run, the launcher reads back the Parquet row counts, checks matched == label
 and writes the one-row runs table.
 """
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.utils import WatchFilePattern
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.transforms import window
 
 from beam_pipeline.model_handler import AlexNetModelHandler, load_classifier
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.preprocess import ERRORS_TAG, PrepareImage, error_record
-from beam_pipeline.read import MatchImages, SkipDone, count_matches
+from beam_pipeline.read import MatchImages, SkipDone, count_matches, matched_uris
+from beam_pipeline.streaming import NewObjects, WriteWindowedTable
 from beam_pipeline.write import (
     WriteTable,
     count_rows,
@@ -44,23 +48,44 @@ def failed_batch_errors(failure):
 
 
 def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: list[str]) -> None:
+    """The batch job: everything the inputs match now, less what resume finds done."""
+    uris = (p
+            | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
+            | "SkipDone" >> SkipDone(done_files))
+    label_uris(uris, opts, manifest, lambda table: WriteTable(opts.output, table, manifest.model_version, opts.run_id))
+
+
+def build_streaming(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest) -> None:
+    """The unbounded job: new objects as they arrive, rows written per fixed window; --watch-model swaps
+    the model in place through RunInference's model side input."""
+    uris = (p
+            | "NewObjects" >> NewObjects(opts.inputs, opts.extensions, opts.notifications, opts.poll_seconds)
+            | "Window" >> beam.WindowInto(window.FixedWindows(opts.window_seconds)))
+    model_updates = (p | "WatchModel" >> WatchFilePattern(opts.watch_model, interval=opts.poll_seconds)
+                     if opts.watch_model else None)
+    label_uris(uris, opts, manifest, lambda table: WriteWindowedTable(opts.output, table, opts.run_id),
+               model_updates)
+
+
+def label_uris(uris, opts: LabelOptions, manifest: Manifest, write, model_updates=None) -> None:
+    """URIs -> decoded images -> RunInference -> label rows and error rows, each written by `write(table)`."""
     handler = AlexNetModelHandler(opts.checkpoint, device=opts.device, precision=opts.precision, top_k=opts.top_k,
                                   min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-                                  model_copies=opts.gpu_count if opts.device == "gpu" else None)
-    images, bad_images = (p
-                          | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
-                          | "SkipDone" >> SkipDone(done_files)
-                          | "PrepareImages" >> beam.ParDo(PrepareImage(manifest.preprocess)).with_outputs(
-                              ERRORS_TAG, main="images"))
-    predictions, failed = images | "Classify" >> RunInference(handler).with_exception_handling()
+                                  model_copies=opts.gpu_count if opts.device == "gpu" else None,
+                                  preprocess=manifest.preprocess)
+    images, bad_images = uris | "PrepareImages" >> beam.ParDo(PrepareImage(manifest.preprocess)).with_outputs(
+        ERRORS_TAG, main="images")
+    predictions, failed = (images
+                           | "Classify" >> RunInference(handler, model_metadata_pcoll=model_updates)
+                           .with_exception_handling())
     (predictions
      | "ToLabelRows" >> beam.Map(label_row, opts.run_id, opts.accept_threshold)
-     | "WriteLabels" >> WriteTable(opts.output, "labels", manifest.model_version, opts.run_id))
+     | "WriteLabels" >> write("labels"))
     failed_inference = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_errors)
     ((bad_images, failed_inference)
      | "AllErrors" >> beam.Flatten()
      | "ToErrorRows" >> beam.Map(error_row, manifest.model_version, opts.run_id)
-     | "WriteErrors" >> WriteTable(opts.output, "errors", manifest.model_version, opts.run_id))
+     | "WriteErrors" >> write("errors"))
 
 
 def make_pipeline(opts: LabelOptions) -> beam.Pipeline:
@@ -84,7 +109,7 @@ def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
     if missing:
         raise UsageError(f"--input-list {missing[0]} does not exist; pass a text file of URIs or a Parquet file "
                          "with a uri column")
-    if opts.inputs and not count_matches(opts.inputs, opts.extensions):
+    if opts.inputs and not opts.streaming and not count_matches(opts.inputs, opts.extensions):
         raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
                          "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
     tables = ("labels",) + (() if opts.retry_errors else ("errors",))
@@ -101,7 +126,10 @@ def dry_run(opts: LabelOptions) -> tuple[list[str], list[str]]:
     if opts.runner != "DataflowRunner":
         return opts.beam_flags(), []
     with make_pipeline(opts) as p:
-        build(p, opts, manifest, done)
+        if opts.streaming:
+            build_streaming(p, opts, manifest)
+        else:
+            build(p, opts, manifest, done)
     transforms = p.result.job.proto_pipeline.components.transforms.values()
     return opts.beam_flags(), sorted(t.unique_name for t in transforms if "/" not in t.unique_name)
 
@@ -109,6 +137,35 @@ def dry_run(opts: LabelOptions) -> tuple[list[str], list[str]]:
 def counter(result, name: str) -> int:
     found = result.metrics().query(MetricsFilter().with_namespace("alexlabel").with_name(name))["counters"]
     return sum(c.committed or 0 for c in found)
+
+
+def launch_streaming(opts: LabelOptions) -> str:
+    """Submit the unbounded job and return its id; it runs until drained or cancelled."""
+    manifest, _ = prepare(opts)
+    p = make_pipeline(opts)
+    build_streaming(p, opts, manifest)
+    result = p.run()
+    return getattr(result, "job_id", lambda: opts.run_id)()
+
+
+def watch(opts: LabelOptions, every_seconds: float, rounds: int | None = None, on_round=None) -> list[dict]:
+    """Local streaming: label what is new, wait, repeat; built on resume, so each input is labeled once.
+
+    A labeling run starts only when the inputs hold URIs not seen before, so an idle watch writes
+    nothing. `rounds` bounds the loop (forever when None); `on_round(row or None)` follows each round.
+    """
+    rows, seen, done_rounds = [], set(), 0
+    while rounds is None or done_rounds < rounds:
+        current = matched_uris(opts.inputs, opts.extensions)
+        row = run(replace(opts, skip_existing=True, run_id="")) if current - seen else None
+        seen |= current
+        rows += [row] if row else []
+        if on_round:
+            on_round(row)
+        done_rounds += 1
+        if rounds is None or done_rounds < rounds:
+            time.sleep(every_seconds)
+    return rows
 
 
 def run(opts: LabelOptions) -> dict:

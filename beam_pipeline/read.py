@@ -87,9 +87,13 @@ def read_uri(uri: str) -> bytes:
         return f.read()
 
 
-def count_matches(patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> int:
-    """Match on the launcher, so an empty or unreadable input fails before any job starts."""
+def matched_uris(patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> set[str]:
+    """Match on the launcher: to fail before any job starts on an empty input, and for --watch."""
     uris = set()
     for result in FileSystems.match(list(patterns)):
         uris.update(m.path for m in result.metadata_list if has_extension(m.path, extensions))
-    return len(uris)
+    return uris
+
+
+def count_matches(patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> int:
+    return len(matched_uris(patterns, extensions))

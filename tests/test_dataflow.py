@@ -88,3 +88,19 @@ def test_dry_run_translates_the_whole_job_offline(gcs, sample_dir, checkpoint):
     assert {"MatchImages", "SkipDone", "PrepareImages", "Classify", "ToLabelRows", "WriteLabels",
             "WriteErrors"} <= set(printed["translated_transforms"])
     assert not gcs.exists("alexlabel-df/out")  # nothing written, nothing submitted
+
+
+def test_streaming_job_with_notifications_and_model_watch_translates(gcs, sample_dir, checkpoint):
+    gcs.mkdir("alexlabel-stream")
+    gcs.put(checkpoint, "alexlabel-stream/models/model.pt")
+    result = CliRunner().invoke(main, [
+        "label", "--input", "gs://alexlabel-stream/incoming/**", "--checkpoint", "gs://alexlabel-stream/models/model.pt",
+        "--output", "gs://alexlabel-stream/out", "--runner", "DataflowRunner", "--project", "test-project",
+        "--region", "us-central1", "--temp-location", "gs://alexlabel-stream/tmp", "--streaming",
+        "--notifications", "projects/test-project/subscriptions/new-images", "--window-seconds", "300",
+        "--watch-model", "gs://alexlabel-stream/models/*.pt", "--dry-run", "--no_auth"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output[: result.output.rindex("}") + 1])
+    assert "--streaming" in printed["beam_options"]
+    assert {"NewObjects", "Window", "WatchModel", "Classify", "WriteLabels", "WriteErrors"} <= set(
+        printed["translated_transforms"])
