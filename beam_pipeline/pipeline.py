@@ -31,6 +31,7 @@ from beam_pipeline.write import (
     count_rows,
     error_row,
     label_row,
+    make_table_folders,
     run_files,
     write_run_row,
 )
@@ -171,6 +172,7 @@ def watch(opts: LabelOptions, every_seconds: float, rounds: int | None = None, o
 def run(opts: LabelOptions) -> dict:
     """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/)."""
     manifest, done = prepare(opts)
+    make_table_folders(opts.output, manifest.model_version)
     started, t0 = datetime.now(UTC), time.perf_counter()
     with make_pipeline(opts) as p:
         build(p, opts, manifest, done)

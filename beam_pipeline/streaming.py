@@ -16,6 +16,7 @@ from apache_beam.transforms.deduplicate import Deduplicate
 from apache_beam.utils.timestamp import Duration
 
 from beam_pipeline.read import count_matched, has_extension
+from beam_pipeline.write import ensure_folder
 from schemas.tables import TABLES
 
 DEDUP_SECONDS = 24 * 3600  # Pub/Sub redelivers at least once; one day covers its retention defaults
@@ -108,7 +109,7 @@ class WriteWindowedTable(beam.PTransform):
 
         def naming(window, pane, shard_index, total_shards, compression, destination):
             partition = f"model={destination}"
-            _ensure_folder(FileSystems.join(directory, partition))  # fileio creates only `directory` itself
+            ensure_folder(FileSystems.join(directory, partition))  # fileio creates only `directory` itself
             name = fileio.default_file_naming(run_id, ".parquet")(window, pane, shard_index, total_shards,
                                                                   compression, destination)
             return f"{partition}/{name}"
@@ -116,10 +117,3 @@ class WriteWindowedTable(beam.PTransform):
         return rows | fileio.WriteToFiles(directory, destination=lambda row: row["model_version"],
                                           file_naming=naming, sink=lambda _: ParquetSink(TABLES[self.table]))
 
-
-def _ensure_folder(path: str) -> None:
-    """Local folders must exist before a rename into them; object stores have no folders (a no-op)."""
-    try:
-        FileSystems.mkdirs(path)
-    except OSError:
-        pass  # already there (LocalFileSystem refuses to create an existing folder)

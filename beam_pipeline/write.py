@@ -7,19 +7,23 @@
 The Hive partition key is `model`, not `model_version`: a key that repeats a column stored in the files
 makes pyarrow and BigQuery refuse to merge the two.
 """
+import functools
 import io
+import uuid
 from datetime import UTC, datetime
 
 import apache_beam as beam
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
 from schemas.storage import atomic_write_bytes, glob_urls
 from schemas.tables import TABLES
 
+TEMP_FOLDER = ".beam-temp"  # hidden: pyarrow and most readers skip names starting with "."
 LABELED = Metrics.counter("alexlabel", "labeled")
 ERRORED = Metrics.counter("alexlabel", "errored")
 
@@ -45,15 +49,41 @@ def error_row(record: dict, model_version: str, run_id: str) -> dict:
 
 
 class WriteTable(beam.PTransform):
-    """Beam's Parquet sink with the table's schema from schemas/; files appear only when complete."""
+    """Beam's Parquet sink with the table's schema from schemas/; files appear only when complete.
+
+    Beam writes shards into a temp folder and renames them into place when the run finishes. That temp
+    folder goes under OUT/.beam-temp/ instead of inside the table, so a killed run leaves no partial
+    file where DuckDB, pyarrow datasets or BigQuery external tables look.
+    """
 
     def __init__(self, output: str, table: str, model_version: str, run_id: str):
         super().__init__()
         self.prefix = f"{table_prefix(output, table, model_version)}/{run_id}"
+        self.temp_root = f"{output.rstrip('/')}/{TEMP_FOLDER}"
         self.schema = TABLES[table]
 
     def expand(self, rows):
-        return rows | beam.io.WriteToParquet(self.prefix, self.schema, file_name_suffix=".parquet")
+        # Small record batches start the temp file early; row groups still fill to Beam's 64 MB buffer.
+        write = beam.io.WriteToParquet(self.prefix, self.schema, file_name_suffix=".parquet", record_batch_size=256)
+        write._sink._create_temp_dir = functools.partial(_temp_dir_outside_tables, self.temp_root)
+        return rows | write
+
+
+def ensure_folder(path: str) -> None:
+    """Local folders must exist before a rename into them; object stores have no folders (a no-op)."""
+    try:
+        FileSystems.mkdirs(path)
+    except OSError:
+        pass  # already there (LocalFileSystem refuses to create an existing folder)
+
+
+def make_table_folders(output: str, model_version: str) -> None:
+    for table in ("labels", "errors"):
+        ensure_folder(table_prefix(output, table, model_version))
+
+
+def _temp_dir_outside_tables(temp_root: str, file_path_prefix: str) -> str:
+    return FileSystems.join(temp_root, f"{FileSystems.split(file_path_prefix)[1]}-{uuid.uuid4().hex}")
 
 
 def run_files(output: str, table: str, model_version: str, run_id: str) -> list[str]:
