@@ -6,7 +6,16 @@ import click
 from alexlabel import __version__
 from beam_pipeline.cli import label_command, query_command, schema_command
 from schemas.errors import UserError
+from schemas.redact import redact
 from trainer.cli import evaluate_command, train_command
+
+
+class RedactSecrets(logging.Filter):
+    """Log records pass through redact(): tokens in URLs or options never reach a terminal or log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
 
 
 class Commands(click.Group):
@@ -16,7 +25,7 @@ class Commands(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(redact(str(e))) from None
 
 
 @click.group(cls=Commands)
@@ -25,6 +34,8 @@ class Commands(click.Group):
 def main(verbose):
     """Train AlexNet image classifiers, then label whole image buckets with them."""
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
 
 
 @main.command("sample-data")

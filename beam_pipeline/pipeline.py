@@ -28,6 +28,7 @@ from beam_pipeline.read import MatchImages, SkipDone, count_matches, matched_uri
 from beam_pipeline.streaming import NewObjects, WriteWindowedTable
 from beam_pipeline.write import (
     WriteTable,
+    check_writable,
     count_rows,
     error_row,
     label_row,
@@ -36,6 +37,7 @@ from beam_pipeline.write import (
     write_run_row,
 )
 from schemas.checkpoint import Manifest
+from schemas.redact import redact
 
 
 class AccountingError(RuntimeError):
@@ -113,6 +115,8 @@ def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
     if opts.inputs and not opts.streaming and not count_matches(opts.inputs, opts.extensions):
         raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
                          "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
+    if not opts.dry_run:
+        check_writable(opts.output)
     tables = ("labels",) + (() if opts.retry_errors else ("errors",))
     done = [f for t in tables for f in run_files(opts.output, t, manifest.model_version, "*")] if opts.skip_existing \
         else []
@@ -185,7 +189,7 @@ def run(opts: LabelOptions) -> dict:
            "inputs": list(opts.inputs), "output": opts.output, "runner": opts.runner, "matched": matched,
            "labeled": labeled, "errored": errored, "skipped": skipped, "wall_seconds": wall,
            "images_per_second": (labeled + errored) / wall, "started_at": started,
-           "finished_at": datetime.now(UTC), "options_json": opts.to_json()}
+           "finished_at": datetime.now(UTC), "options_json": redact(opts.to_json())}
     write_run_row(opts.output, row)
     if matched != labeled + errored + skipped:
         raise AccountingError(f"run {opts.run_id}: matched {matched} != labeled {labeled} + errors {errored} + "

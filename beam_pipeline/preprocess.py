@@ -6,14 +6,15 @@ from apache_beam.metrics import Metrics
 
 from beam_pipeline.read import read_uri
 from schemas.preprocess import Preprocess, decode_image
+from schemas.redact import redact
 
 ERRORS_TAG = "errors"
 
 
 def error_record(uri: str, stage: str, exc: BaseException, size_bytes: int | None = None) -> dict:
     """The part of an errors row known where the failure happened; the run stamps the rest."""
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    return {"uri": uri, "stage": stage, "error_type": type(exc).__name__, "message": message[:1000],
+    message = redact(" ".join(str(exc).split()) or type(exc).__name__)
+    return {"uri": redact(uri), "stage": stage, "error_type": type(exc).__name__, "message": message[:1000],
             "size_bytes": size_bytes}
 
 
@@ -42,6 +43,6 @@ class PrepareImage(beam.DoFn):
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(uri, stage, e, size))
             return
-        meta = {"uri": uri, "content_sha256": hashlib.sha256(data).hexdigest(), "size_bytes": size,
+        meta = {"uri": redact(uri), "content_sha256": hashlib.sha256(data).hexdigest(), "size_bytes": size,
                 "width": width, "height": height}
         yield meta, tensor

@@ -3,8 +3,12 @@ lists of URIs (a text file, one per line, or a Parquet file with a `uri` column,
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.fileio import EmptyMatchTreatment
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+
+from schemas.errors import UserError
+from schemas.redact import first_line, redact
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
 MATCHED = Metrics.counter("alexlabel", "matched")
@@ -67,19 +71,21 @@ class SkipDone(beam.PTransform):
                 | "DoneFiles" >> beam.Create(self.done_files)
                 | "ReadDone" >> beam.io.ReadAllFromParquet(columns=["uri"])
                 | "KeyDone" >> beam.Map(lambda row: (row["uri"], None)))
-        return ({"todo": uris | "KeyTodo" >> beam.Map(lambda uri: (uri, None)), "done": done}
+        # Rows store URIs redacted (a signed URL's token is a credential), so compare in that form.
+        return ({"todo": uris | "KeyTodo" >> beam.Map(lambda uri: (redact(uri), uri)), "done": done}
                 | "JoinDone" >> beam.CoGroupByKey()
                 | "NotDone" >> beam.FlatMap(_not_done))
 
 
 def _not_done(joined):
-    uri, groups = joined
-    if not list(groups["todo"]):
+    _, groups = joined
+    todo = list(groups["todo"])
+    if not todo:
         return
     if list(groups["done"]):
-        SKIPPED.inc()
+        SKIPPED.inc(len(todo))
     else:
-        yield uri
+        yield from todo
 
 
 def read_uri(uri: str) -> bytes:
@@ -90,7 +96,13 @@ def read_uri(uri: str) -> bytes:
 def matched_uris(patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> set[str]:
     """Match on the launcher: to fail before any job starts on an empty input, and for --watch."""
     uris = set()
-    for result in FileSystems.match(list(patterns)):
+    try:
+        results = FileSystems.match(list(patterns))
+    except BeamIOError as e:
+        pattern, reason = next(iter(e.exception_details.items()), (" ".join(patterns), e))
+        raise UserError(f"cannot list {pattern} ({redact(first_line(reason))}); check the path and that your "
+                        "credentials may read it") from None
+    for result in results:
         uris.update(m.path for m in result.metadata_list if has_extension(m.path, extensions))
     return uris
 

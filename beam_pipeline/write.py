@@ -20,7 +20,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
-from schemas.storage import atomic_write_bytes, glob_urls
+from schemas.errors import UserError
+from schemas.redact import first_line, redact
+from schemas.storage import atomic_write_bytes, glob_urls, is_local
 from schemas.tables import TABLES
 
 TEMP_FOLDER = ".beam-temp"  # hidden: pyarrow and most readers skip names starting with "."
@@ -67,6 +69,20 @@ class WriteTable(beam.PTransform):
         write = beam.io.WriteToParquet(self.prefix, self.schema, file_name_suffix=".parquet", record_batch_size=256)
         write._sink._create_temp_dir = functools.partial(_temp_dir_outside_tables, self.temp_root)
         return rows | write
+
+
+def check_writable(output: str) -> None:
+    """Write and delete a probe object, so an unwritable output fails before any work, not at the end."""
+    probe = f"{output.rstrip('/')}/.alexlabel-write-probe-{uuid.uuid4().hex}"
+    try:
+        fs, path = fsspec.core.url_to_fs(probe)
+        fs.makedirs(output.rstrip("/") if is_local(fs) else path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(b"ok")
+        fs.rm(path)
+    except Exception as e:  # any storage error means the same thing to the user
+        raise UserError(f"cannot write to --output {output} ({redact(first_line(e))}); check the path and "
+                        "permissions, or choose another output") from None
 
 
 def ensure_folder(path: str) -> None:

@@ -85,3 +85,49 @@ def test_schema_prints_bigquery_json():
 def test_every_command_has_help(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Usage: main " + command in result.output
+
+
+def test_unwritable_output_fails_before_any_work(checkpoint, sample_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint,
+                                 "--output", blocker / "out"))
+    assert f"cannot write to --output {blocker}/out" in line and blocker.read_text() == "not a folder"
+
+
+def test_checkpoint_whose_classes_do_not_fit_its_weights_is_refused(checkpoint, sample_dir, tmp_path):
+    from dataclasses import replace
+
+    from schemas.checkpoint import load_checkpoint, save_checkpoint
+
+    state_dict, manifest = load_checkpoint(checkpoint)
+    wrong = tmp_path / "wrong.pt"
+    save_checkpoint(str(wrong), state_dict, replace(manifest, class_names=manifest.class_names[:5]))
+    line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", wrong,
+                                 "--output", tmp_path / "out"))
+    assert "do not fit alexnet_small with 5 classes" in line and not (tmp_path / "out").exists()
+
+
+def test_credentials_never_reach_tables_messages_or_output(checkpoint, sample_dir, tmp_path):
+    import glob
+    import shutil
+
+    folder = tmp_path / "signed"
+    folder.mkdir()
+    signed = folder / "photo.jpg?X-Goog-Signature=SECRET111"  # a signed-URL-shaped name, readable locally
+    shutil.copy(f"{sample_dir}/bucket/img_00000.jpg", signed)
+    listing = tmp_path / "uris.txt"
+    listing.write_text(f"{signed}\n{folder}/gone.jpg?access_token=SECRET222\n")
+    out = tmp_path / "out"
+    result = invoke("label", "--input-list", listing, "--checkpoint", checkpoint, "--output", out,
+                    "--labels=api_key=SECRET333")
+    assert result.exit_code == 0, result.output
+    import pyarrow.parquet as pq
+
+    stored = " ".join(str(pq.read_table(f, partitioning=None).to_pylist())
+                      for f in glob.glob(f"{out}/**/*.parquet", recursive=True))
+    assert "X-Goog-Signature=***" in stored and "access_token=***" in stored and "api_key=***" in stored
+    assert "SECRET" not in stored and "SECRET" not in result.output
+    failing = invoke("label", "--input", f"{tmp_path}/none/*.jpg?sig=SECRET444", "--checkpoint", checkpoint,
+                     "--output", out)
+    assert failing.exit_code == 1 and "SECRET" not in failing.output and "sig=***" in failing.output

@@ -1,0 +1,22 @@
+"""Keep credentials out of everything we print or store: error messages, logs, runs options."""
+import re
+
+SECRET_WORDS = r"(?:token|secret|password|passwd|signature|credential|api[_-]?key|private[_-]?key|sig|key)"
+_PATTERNS = [
+    # key=value in query strings and flags: X-Goog-Signature=..., access_token=..., --api_key=...
+    re.compile(rf"(?i)((?:[\w.-]*{SECRET_WORDS}[\w.-]*)\s*[=:]\s*)([^\s&\"',;]+)"),
+    re.compile(r"(?i)(bearer\s+)([\w.~+/=-]+)"),  # Authorization headers
+    re.compile(r"(?i)(://[^/\s:@]+:)([^@\s/]+)(@)"),  # user:password@host
+]
+MASK = "***"
+
+
+def redact(text: str) -> str:
+    text = _PATTERNS[0].sub(lambda m: m.group(1) + MASK, text)
+    text = _PATTERNS[1].sub(lambda m: m.group(1) + MASK, text)
+    return _PATTERNS[2].sub(lambda m: m.group(1) + MASK + m.group(3), text)
+
+
+def first_line(exc: BaseException | str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
