@@ -65,13 +65,15 @@ def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto
 class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
     def __init__(self, checkpoint: str, *, device: str = "cpu", precision: str = "auto", top_k: int = 5,
                  min_batch_size: int = 1, max_batch_size: int = 64, model_copies: int | None = None,
-                 preprocess: Preprocess | None = None):
+                 preprocess: Preprocess | None = None, threads: int = 0):
         # model_copies: exactly that many copies per machine, shared by its worker processes (one per GPU).
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, model_copies=model_copies)
         self._checkpoint, self._device, self._precision, self._top_k = checkpoint, device, precision, top_k
-        self._default_checkpoint, self._preprocess = checkpoint, preprocess
+        self._default_checkpoint, self._preprocess, self._threads = checkpoint, preprocess, threads
 
     def load_model(self) -> Classifier:
+        if self._threads:  # per process; 0 leaves torch's default (all cores)
+            torch.set_num_threads(self._threads)
         classifier = load_classifier(self._checkpoint, self._device, self._precision)
         if self._preprocess and classifier.manifest.preprocess != self._preprocess:
             # Images were prepared for the first model; a swapped-in one must expect the same input.

@@ -36,6 +36,7 @@ class LabelOptions:
     accept_threshold: float = 0.5     # decision = accept when confidence >= this, else review
     min_batch_size: int = 1
     max_batch_size: int = 64
+    workers: int = 1                  # DirectRunner: processes, each with its own model and cores/workers threads
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     skip_existing: bool = False       # resume: leave out inputs this model version already labeled or errored
     retry_errors: bool = False        # with skip_existing: try inputs that only have an errors row again
@@ -71,6 +72,8 @@ class LabelOptions:
             raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
         if not 0.0 <= self.accept_threshold <= 1.0:
             raise UsageError(f"--accept-threshold must be between 0 and 1, got {self.accept_threshold}")
+        if self.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {self.workers}")
         if not 1 <= self.min_batch_size <= self.max_batch_size:
             raise UsageError(f"batch sizes need 1 <= min <= max, got min={self.min_batch_size} "
                              f"max={self.max_batch_size}")
@@ -121,6 +124,8 @@ class LabelOptions:
     def beam_flags(self) -> list[str]:
         """The Beam pipeline options this run maps to; user's extra Beam args come last and win."""
         flags = [f"--runner={self.runner}"]
+        if self.runner == "DirectRunner" and self.workers > 1:
+            flags += [f"--direct_num_workers={self.workers}", "--direct_running_mode=multi_processing"]
         if self.runner == "DataflowRunner":
             temp = self.temp_location.rstrip("/")
             flags += [f"--project={self.project}", f"--region={self.region}", f"--temp_location={temp}",
@@ -143,6 +148,10 @@ class LabelOptions:
         if self.dry_run and self.runner == "DataflowRunner":
             flags.append("--dry_run=True")
         return flags + list(self.beam_args)
+
+    def torch_threads(self) -> int:
+        """processes x threads = cores, so decoding in one process overlaps inference in another."""
+        return max(1, (os.cpu_count() or 1) // self.workers) if self.runner == "DirectRunner" else 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -75,7 +75,7 @@ def label_uris(uris, opts: LabelOptions, manifest: Manifest, write, model_update
     handler = AlexNetModelHandler(opts.checkpoint, device=opts.device, precision=opts.precision, top_k=opts.top_k,
                                   min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
                                   model_copies=opts.gpu_count if opts.device == "gpu" else None,
-                                  preprocess=manifest.preprocess)
+                                  preprocess=manifest.preprocess, threads=opts.torch_threads())
     images, bad_images = uris | "PrepareImages" >> beam.ParDo(PrepareImage(manifest.preprocess)).with_outputs(
         ERRORS_TAG, main="images")
     predictions, failed = (images
