@@ -7,7 +7,7 @@ from alexlabel import __version__
 from beam_pipeline.cli import label_command, query_command, schema_command
 from schemas.errors import UserError
 from schemas.redact import redact
-from trainer.cli import evaluate_command, train_command
+from trainer.cli import evaluate_command, import_weights_command, train_command
 
 
 class RedactSecrets(logging.Filter):
@@ -59,5 +59,6 @@ def demo_command(workdir, seed, epochs):
     run_demo(workdir, seed, epochs)
 
 
-for command in (train_command, evaluate_command, label_command, query_command, schema_command):
+for command in (train_command, evaluate_command, import_weights_command, label_command, query_command,
+                schema_command):
     main.add_command(command)

@@ -1,5 +1,6 @@
 """Training on generated data: the loop, the exported checkpoint, evaluation and bad data."""
 import json
+import math
 import os
 
 import pytest
@@ -10,6 +11,7 @@ from alexlabel.cli import main
 from schemas.checkpoint import load_checkpoint
 from trainer.calibrate import expected_calibration_error, fit_temperature
 from trainer.data import DataError, list_image_folder
+from trainer.models import build_model
 
 
 def test_exported_checkpoint_carries_the_inference_contract(checkpoint, sample_dir):
@@ -58,3 +60,39 @@ def test_empty_class_folder_stops_before_training(tmp_path):
     assert result.output.strip().splitlines() == [f"Error: class folder {tmp_path}/train/cats has no images; "
                                                   "add images or remove the folder"]
     assert not (tmp_path / "out").exists()
+
+
+def train_small(sample_dir, output, *options):
+    return CliRunner().invoke(main, [
+        "train", "--data", sample_dir, "--output", str(output), "--arch", "alexnet_small", "--width", "8",
+        "--dropout", "0", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+        "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "0", *options])
+
+
+def weight_change(output) -> float:
+    """L2 norm of all weights' change from the seed-0 initialization train() starts from."""
+    torch.manual_seed(0)
+    start = build_model("alexnet_small", 8, width=8, dropout=0.0).state_dict()
+    end = torch.load(os.path.join(output, "last.pt"), weights_only=True)["model"]
+    return math.sqrt(sum((end[k] - start[k]).square().sum().item() for k in start))
+
+
+def test_clip_grad_norm_bounds_every_update(sample_dir, tmp_path):
+    clipped = train_small(sample_dir, tmp_path / "clipped", "--clip-grad-norm", "0.001")
+    assert clipped.exit_code == 0, clipped.output
+    free = train_small(sample_dir, tmp_path / "free")
+    assert free.exit_code == 0, free.output
+    # SGD with momentum 0.9 moves the weights by at most lr * |g| / (1 - 0.9) per step: 4 steps, |g| <= 0.001.
+    bound = 4 * 0.05 * 0.001 / (1 - 0.9)
+    assert 0 < weight_change(tmp_path / "clipped") <= bound
+    assert weight_change(tmp_path / "free") > 10 * bound
+
+
+def test_fp16_amp_keeps_its_gradient_scaler_in_last_pt(sample_dir, tmp_path):
+    result = train_small(sample_dir, tmp_path, "--amp", "fp16", "--clip-grad-norm", "1")
+    assert result.exit_code == 0, result.output
+    assert "cpu float16" in result.output
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert 0 < saved["scaler"]["scale"] <= 2.0**16
+    # steps whose fp16 gradients overflowed were skipped, and the schedule counted only the applied ones
+    assert saved["scheduler"]["last_epoch"] == 4 - math.log2(2.0**16 / saved["scaler"]["scale"])

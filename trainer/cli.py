@@ -1,42 +1,94 @@
-"""`alexlabel train` and `alexlabel evaluate`."""
+"""`alexlabel train`, `alexlabel import-weights` and `alexlabel evaluate`."""
 import json
+from dataclasses import replace
 
 import click
 import torch
 
+from schemas.errors import UserError
 from schemas.storage import atomic_write_bytes
-from trainer.data import list_image_folder, loader
+from trainer.data import CROPS, list_image_folder, loader
 from trainer.evaluate import accuracy_report, load_model, predict
 from trainer.models import ARCHS
-from trainer.train import TrainConfig, pick_device, train
+from trainer.train import SCHEDULES, TrainConfig, pick_device, train
+from trainer.weights import IMAGENET_EVAL, import_weights
 
 
 @click.command("train")
-@click.option("--data", required=True, help="Folder or bucket URL with train/<class>/ and val/<class>/ images.")
+@click.option("--data", default="", help="Folder or bucket URL with train/<class>/ and val/<class>/ images.")
+@click.option("--data-manifest", default="", help="Instead of --data: CSV or Parquet file (or folder, e.g. a "
+              "labels table) of uri,label training rows; classes are the sorted unique labels.")
+@click.option("--val-manifest", default="", help="With --data-manifest: the same for validation rows.")
+@click.option("--decision", default="", help="Keep only --data-manifest rows with this decision, e.g. accept.")
 @click.option("--output", required=True, help="Where last.pt, model.pt and metrics.jsonl are written.")
 @click.option("--arch", type=click.Choice(sorted(ARCHS)), default="alexnet", show_default=True)
 @click.option("--width", type=int, help="Channel width of alexnet_small (default 64).")
 @click.option("--dropout", type=float, default=0.5, show_default=True)
 @click.option("--image-size", type=int, default=224, show_default=True, help="Crop size fed to the network.")
+@click.option("--resize", type=int, default=0, help="Shorter side before the eval center crop and the paper crop "
+              "[default: image size * 256 / 224].")
+@click.option("--crop", type=click.Choice(CROPS), default="random-resized", show_default=True,
+              help="Training crop: random area/aspect, or the paper's random image-size crop after --resize.")
+@click.option("--pca-lighting", type=float, default=0.0, show_default=True,
+              help="Std of AlexNet's PCA colour noise on training images (paper: 0.1); 0 is off.")
 @click.option("--epochs", type=int, default=90, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
+              help="cosine to 0; step: x --lr-gamma every --lr-step-epochs; plateau: x --lr-gamma when "
+              "--plateau-metric stalls for --plateau-patience epochs.")
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True, help="Linear warmup before the schedule.")
+@click.option("--lr-step-epochs", type=float, default=30.0, show_default=True)
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True)
+@click.option("--plateau-metric", type=click.Choice(["val_loss", "val_top1"]), default="val_loss", show_default=True)
+@click.option("--plateau-patience", type=int, default=5, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
-@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
+@click.option("--clip-grad-norm", type=float, default=0.0, show_default=True,
+              help="Clip the global gradient norm to this; 0 is off.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 adds a gradient scaler.")
+@click.option("--compile", is_flag=True, help="torch.compile the model (slow start, faster steps on GPUs).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="DataLoader decode processes.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUTPUT/last.pt.")
+@click.option("--save-every-steps", type=int, default=0, show_default=True,
+              help="Also write last.pt every N batches (0: at epoch ends only).")
+@click.option("--keep-best", type=int, default=0, show_default=True,
+              help="Keep the K best epochs by val top-1 as best-epochNNN-top1-X.XXX.pt beside model.pt.")
+@click.option("--stop-after-steps", type=int, default=0, show_default=True,
+              help="End this run at batch N, counted over all epochs, with last.pt saved; --resume continues.")
+@click.option("--resume", is_flag=True, help="Continue exactly from OUTPUT/last.pt.")
 def train_command(width, dropout, **kw):
     """Train an AlexNet classifier and export an inference checkpoint (OUTPUT/model.pt)."""
     arch_kwargs = {"dropout": dropout, **({"width": width} if width else {})}
     manifest = train(TrainConfig(arch_kwargs=arch_kwargs, **kw))
+    if manifest is None:
+        click.echo(f"stopped before the first epoch ended; continue with --resume --output {kw['output']}")
+        return
     click.echo(f"wrote {kw['output']}/model.pt: val top-1 {manifest.metrics['val_top1']:.3f}, "
                f"temperature {manifest.temperature:.2f}, model_version {manifest.model_version}")
+
+
+@click.command("import-weights")
+@click.argument("state_dict")
+@click.option("--arch", type=click.Choice(sorted(ARCHS)), default="alexnet", show_default=True,
+              help="The architecture whose layout the weights have (alexnet: torchvision's).")
+@click.option("--classes", "classes_file", required=True, help="Text file: one class name per line, in logit order.")
+@click.option("--output", required=True, help="Checkpoint to write, e.g. MODEL_DIR/model.pt.")
+@click.option("--resize", type=int, default=IMAGENET_EVAL.resize, show_default=True, help="Eval resize of the "
+              "shorter side.")
+@click.option("--crop", type=int, default=IMAGENET_EVAL.crop, show_default=True, help="Eval center crop.")
+def import_weights_command(state_dict, arch, classes_file, output, resize, crop):
+    """Wrap a state dict file (e.g. torchvision's ImageNet AlexNet weights) into a checkpoint to label with."""
+    try:
+        preprocess = replace(IMAGENET_EVAL, resize=resize, crop=crop)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    manifest = import_weights(state_dict, arch, classes_file, output, preprocess)
+    click.echo(f"wrote {output}: {arch}, {len(manifest.class_names)} classes, temperature 1.0 (uncalibrated), "
+               f"model_version {manifest.model_version}")
 
 
 @click.command("evaluate")
@@ -52,7 +104,7 @@ def evaluate_command(checkpoint, data, json_out, device, batch_size, workers):
     module, manifest = load_model(checkpoint, torch_device)
     _, samples = list_image_folder(data, manifest.class_names)
     pre = manifest.preprocess
-    logits, labels = predict(module, loader(samples, pre.eval_tensor, pre.resize, batch_size, False, workers, 0),
+    logits, labels = predict(module, loader(samples, pre.eval_tensor, pre.resize, batch_size, workers),
                              pre, torch_device, torch.bfloat16 if torch_device.type == "cuda" else None)
     report = accuracy_report(logits, labels, manifest.class_names)
     click.echo(f"{report['images']} images: top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}")

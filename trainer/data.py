@@ -1,12 +1,13 @@
-"""Training data from ImageFolder trees on any fsspec URL (local or gs://).
+"""Training data from ImageFolder trees or (uri, label) manifests on any fsspec URL (local or gs://).
 
 Images are decoded with the shared image contract (schemas.preprocess) and kept uint8 until the batch
 reaches the model, where it is normalized once. An image that cannot be read mid-epoch is dropped
 from its batch and counted, never a crash.
 """
-import random
-
 import fsspec
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.dataset
 import torch
 from PIL import Image
 from torchvision import transforms
@@ -16,6 +17,13 @@ from schemas.preprocess import INTERPOLATIONS, Preprocess, decode_image, to_uint
 from schemas.storage import read_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+CROPS = ("random-resized", "paper")
+# AlexNet's PCA of ImageNet RGB pixels scaled to [0, 1] (eigenvalues; eigenvectors as columns),
+# the figures torch's reference ImageNet recipes (fb.resnet.torch) use for its colour augmentation.
+IMAGENET_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+IMAGENET_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
+                                [-0.5808, -0.0045, -0.8140],
+                                [-0.5836, -0.6948, 0.4203]])
 
 
 class DataError(UserError):
@@ -40,12 +48,73 @@ def list_image_folder(url: str, class_names: list[str] | None = None) -> tuple[l
     return classes, samples
 
 
-def train_transform(pre: Preprocess):
-    return transforms.Compose([
-        transforms.RandomResizedCrop(pre.crop, scale=(0.5, 1.0), interpolation=_torchvision_mode(pre)),
-        transforms.RandomHorizontalFlip(),
-        to_uint8_tensor,
-    ])
+def read_manifest(url: str, decision: str | None = None) -> list[tuple[str, str]]:
+    """(uri, label) rows of a CSV file, a Parquet file or a Parquet folder such as a labels table.
+
+    Relative uris are taken relative to the manifest's folder (as in the sample set's bucket_truth.csv);
+    `decision` keeps only the rows with that decision (labels tables mark rows accept or review).
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise DataError(f"manifest {url} does not exist; pass a CSV or Parquet file (or folder) of uri,label")
+    try:
+        if path.lower().endswith(".csv"):
+            with fs.open(path, "rb") as f:
+                table = pyarrow.csv.read_csv(f)
+        else:
+            table = pyarrow.dataset.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"manifest {url} is not a readable CSV or Parquet table ({str(e).splitlines()[0]})") from None
+    needed = ["uri", "label"] + (["decision"] if decision else [])
+    if missing := [c for c in needed if c not in table.column_names]:
+        raise DataError(f"manifest {url} has no column {', '.join(missing)} (it has {', '.join(table.column_names)})"
+                        + ("; drop --decision for tables without decisions" if "decision" in missing else ""))
+    rows = table.select(needed).to_pylist()
+    base = url.rsplit("/", 1)[0] + "/" if "/" in url else ""
+    out = [(r["uri"] if "://" in r["uri"] or r["uri"].startswith("/") else base + r["uri"], str(r["label"]))
+           for r in rows if not decision or r["decision"] == decision]
+    if not out:
+        raise DataError(f"manifest {url} has no rows" + (f" with decision {decision!r}" if decision else ""))
+    return out
+
+
+def manifest_samples(url: str, class_names: list[str] | None = None,
+                     decision: str | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted unique labels, or the given order) and (uri, label_index) samples of a manifest."""
+    rows = read_manifest(url, decision)
+    classes = class_names or sorted({label for _, label in rows})
+    index = {name: i for i, name in enumerate(classes)}
+    if unknown := sorted({label for _, label in rows} - index.keys()):
+        raise DataError(f"manifest {url} has labels the training data lacks: {', '.join(unknown[:5])}; "
+                        "validate on the training classes only")
+    return classes, [(uri, index[label]) for uri, label in rows]
+
+
+def train_transform(pre: Preprocess, crop: str = "random-resized"):
+    """Random crop and horizontal flip of a PIL image, to a uint8 tensor of pre.crop x pre.crop.
+
+    `paper`: AlexNet's: shorter side to pre.resize (256), then a random pre.crop (224) square.
+    `random-resized`: a random 50-100% area and aspect, resized to pre.crop (Inception style).
+    """
+    mode = _torchvision_mode(pre)
+    if crop not in CROPS:
+        raise UserError(f"unknown crop {crop!r}; use one of {', '.join(CROPS)}")
+    cropping = ([transforms.Resize(pre.resize, interpolation=mode), transforms.RandomCrop(pre.crop)]
+                if crop == "paper" else [transforms.RandomResizedCrop(pre.crop, scale=(0.5, 1.0), interpolation=mode)])
+    return transforms.Compose([*cropping, transforms.RandomHorizontalFlip(), to_uint8_tensor])
+
+
+def pca_lighting(batch: torch.Tensor, std: tuple[float, float, float], alpha_std: float) -> torch.Tensor:
+    """AlexNet's colour augmentation, on a batch already normalized by Preprocess.normalize.
+
+    The paper adds eigvec @ (alpha * eigval), alpha ~ N(0, alpha_std), to every RGB pixel (in [0, 1]) of an
+    image. Normalization is (x - mean) / std, so adding shift / std afterwards is exactly that, in float:
+    on the uint8 tensors the shift (about 1/255) would be rounded away and clipped. alpha comes from
+    torch's global RNG on the CPU, which last.pt saves, so it is the same on every device and on resume.
+    """
+    alpha = torch.randn(len(batch), 3) * alpha_std
+    shift = (alpha * IMAGENET_EIGVAL) @ IMAGENET_EIGVEC.T / torch.tensor(std)
+    return batch + shift.to(batch.device, batch.dtype).view(-1, 3, 1, 1)
 
 
 def _torchvision_mode(pre: Preprocess):
@@ -53,7 +122,11 @@ def _torchvision_mode(pre: Preprocess):
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(uri, label) samples -> (uint8 CHW tensor, label), or None for an unreadable image."""
+    """(uri, label) samples -> (uint8 CHW tensor, label), or None for an unreadable image.
+
+    A key is an index, or (index, seed) from EpochSampler: the random transform then draws from that
+    seed alone, whichever worker (or the main process) decodes the image.
+    """
 
     def __init__(self, samples: list[tuple[str, int]], transform, min_side: int):
         self.samples, self.transform, self.min_side = samples, transform, min_side
@@ -61,12 +134,42 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, seed = key if isinstance(key, tuple) else (key, None)
         uri, label = self.samples[i]
         try:
-            return self.transform(decode_image(read_bytes(uri), self.min_side)[0]), label
+            img = decode_image(read_bytes(uri), self.min_side)[0]
+            if seed is None:
+                return self.transform(img), label
+            with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG (dropout, lighting) untouched
+                torch.default_generator.manual_seed(seed)  # the CPU generator only: transforms draw from it
+                return self.transform(img), label
         except Exception:  # a broken image costs one sample, not the run; collate counts it
             return None
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffle order and per-sample augmentation seeds as a function of (seed, epoch) alone.
+
+    So a resumed run, even one resumed mid-epoch, sees exactly the batches and crops an uninterrupted
+    run would have seen, with any number of workers.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate `epoch`'s order from its `start`-th sample on."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # distinct per (seed, epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        seeds = torch.randint(2**62, (self.size,), generator=generator).tolist()
+        return iter(list(zip(order, seeds, strict=True))[self.start:])
 
 
 def collate(items):
@@ -77,14 +180,14 @@ def collate(items):
     return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), len(items) - len(good)
 
 
-def loader(samples, transform, min_side: int, batch_size: int, shuffle: bool, workers: int, seed: int,
+def loader(samples, transform, min_side: int, batch_size: int, workers: int,
            sampler=None) -> torch.utils.data.DataLoader:
-    generator = torch.Generator().manual_seed(seed)
+    """Batches in sample order, or in the sampler's.
+
+    The loader's own generator seeds the workers (torch seeds their torch, random and numpy RNGs from it),
+    so starting an epoch draws nothing from torch's global RNG, which last.pt saves and restores.
+    """
     return torch.utils.data.DataLoader(
-        ImageDataset(samples, transform, min_side), batch_size=batch_size, shuffle=shuffle and sampler is None,
-        sampler=sampler, num_workers=workers, collate_fn=collate, generator=generator,
-        persistent_workers=workers > 0, worker_init_fn=_seed_worker, pin_memory=torch.cuda.is_available())
-
-
-def _seed_worker(worker_id: int) -> None:
-    random.seed(torch.initial_seed() % 2**32)
+        ImageDataset(samples, transform, min_side), batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate, generator=torch.Generator().manual_seed(0), persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available())

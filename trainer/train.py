@@ -1,7 +1,13 @@
-"""Train an AlexNet classifier on DATA/train/<class>/ and DATA/val/<class>/, read top to bottom.
+"""Train an AlexNet classifier, read top to bottom.
 
-Writes under OUTPUT: last.pt (full training state, for --resume), model.pt (the best epoch by val
-top-1, as an inference checkpoint per schemas.checkpoint, temperature-calibrated) and metrics.jsonl.
+Data: DATA/train/<class>/ and DATA/val/<class>/, or two (uri, label) manifests in CSV or Parquet, such
+as a labels table filtered to its accepted rows. Writes under OUTPUT:
+- last.pt: the full training state (weights, optimizer, schedules, AMP scaler, RNGs, position in the
+  epoch) at each epoch end and every save_every_steps batches; --resume continues from it exactly;
+- model.pt: the best epoch by val top-1, as an inference checkpoint (schemas.checkpoint), calibrated;
+- best-epochNNN-top1-X.XXX.pt: the keep_best best epochs, in the same format;
+- metrics.jsonl: one row per epoch.
+Every file is written atomically (schemas.storage), so a crash leaves the previous version readable.
 """
 import io
 import json
@@ -12,8 +18,10 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+import fsspec
 import torch
 import torchvision
+from torch.optim.lr_scheduler import LambdaLR, LinearLR, ReduceLROnPlateau
 from tqdm import tqdm
 
 from schemas.checkpoint import Manifest, load_checkpoint, save_checkpoint
@@ -21,39 +29,59 @@ from schemas.errors import UserError
 from schemas.preprocess import Preprocess
 from schemas.storage import atomic_write_bytes, read_bytes
 from trainer.calibrate import expected_calibration_error, fit_temperature
-from trainer.data import list_image_folder, loader, train_transform
+from trainer.data import EpochSampler, list_image_folder, loader, manifest_samples, pca_lighting, train_transform
 from trainer.evaluate import accuracy_report, predict
 from trainer.models import build_model
+
+SCHEDULES = ("cosine", "step", "plateau")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class TrainConfig:
-    data: str                      # folder or bucket URL holding train/<class>/ and val/<class>/
-    output: str                    # where last.pt, model.pt and metrics.jsonl go
+    output: str                    # where last.pt, model.pt, best-*.pt and metrics.jsonl go
+    data: str = ""                 # folder or bucket URL holding train/<class>/ and val/<class>/, or:
+    data_manifest: str = ""        # a CSV/Parquet table of (uri, label) training rows; classes = sorted labels
+    val_manifest: str = ""         # the same for validation rows
+    decision: str = ""             # keep only data_manifest rows with this decision (labels tables: accept)
     arch: str = "alexnet"
     arch_kwargs: dict = field(default_factory=dict)
-    image_size: int = 224          # center crop at eval, random-resized crop in training
-    resize: int = 0                # eval resize of the shorter side; 0 means image_size * 256 / 224
+    image_size: int = 224          # center crop at eval, random crop in training
+    resize: int = 0                # shorter side at eval and for the paper crop; 0 means image_size * 256 / 224
+    crop: str = "random-resized"   # training crop: random-resized, or paper (resize, then random image_size crop)
+    pca_lighting: float = 0.0      # std of AlexNet's PCA colour noise (paper: 0.1); 0 is off
     epochs: int = 90
     batch_size: int = 128
     optimizer: str = "sgd"         # sgd (paper: momentum 0.9, weight decay 5e-4) or adamw
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
+    schedule: str = "cosine"       # cosine to 0, step (x lr_gamma every lr_step_epochs) or plateau (x lr_gamma)
+    warmup_epochs: float = 0.0     # linear warmup, before any schedule
+    lr_step_epochs: float = 30.0
+    lr_gamma: float = 0.1
+    plateau_metric: str = "val_loss"  # val_loss or val_top1
+    plateau_patience: int = 5      # epochs without improvement before plateau decays
     label_smoothing: float = 0.0
-    amp: str = "auto"              # auto (bf16 on CUDA, off on CPU), bf16, off
+    clip_grad_norm: float = 0.0    # max global gradient norm; 0 is off
+    amp: str = "auto"              # auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a gradient scaler), off
     channels_last: bool = True
+    compile: bool = False          # torch.compile the model
     device: str = "auto"           # auto, cpu, cuda
     workers: int = 2
     seed: int = 0
+    save_every_steps: int = 0      # also write last.pt every this many batches; 0: at epoch ends only
+    keep_best: int = 0             # keep the best this many epochs as best-epochNNN-top1-X.XXX.pt
+    stop_after_steps: int = 0      # end this run at this batch (counted over all epochs); --resume continues
     resume: bool = False
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    if cfg.amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if cfg.amp != "off" and cfg.amp not in AMP_DTYPES:
+        raise UserError(f"unknown amp {cfg.amp!r}; use auto, bf16, fp16 or off")
+    return AMP_DTYPES.get(cfg.amp)
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,6 +92,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def training_data(cfg: TrainConfig) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+    """Classes and (uri, label_index) train and val samples, from the image folders or the manifests."""
+    manifests = bool(cfg.data_manifest or cfg.val_manifest)
+    if bool(cfg.data) == manifests or (manifests and not (cfg.data_manifest and cfg.val_manifest)):
+        raise UserError("give either --data DIR (with train/ and val/) or both --data-manifest and --val-manifest")
+    if cfg.data:
+        if cfg.decision:
+            raise UserError("--decision filters --data-manifest rows; image folders have no decisions")
+        classes, train_samples = list_image_folder(f"{cfg.data}/train")
+        return classes, train_samples, list_image_folder(f"{cfg.data}/val", classes)[1]
+    classes, train_samples = manifest_samples(cfg.data_manifest, decision=cfg.decision or None)
+    return classes, train_samples, manifest_samples(cfg.val_manifest, classes)[1]
+
+
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -72,105 +114,198 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     raise UserError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int):
+def lr_factor(schedule: str, total_steps: int, warmup_steps: int, step_size: int, gamma: float):
+    """LR multiplier at optimizer step `step`: linear warmup, then x gamma every step_size steps, or a half
+    cosine from 1 to 0 over the remaining steps."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if schedule == "step":
+            return gamma ** (step // max(1, step_size))
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
 
 
-def train(cfg: TrainConfig) -> Manifest:
+def make_schedulers(cfg: TrainConfig, optimizer, steps_per_epoch: int) -> tuple:
+    """The per-step scheduler, and for `plateau` the ReduceLROnPlateau to step once per epoch on validation.
+
+    cosine and step are closed-form factors of the step number. plateau chains a LinearLR warmup with
+    ReduceLROnPlateau: both multiply the current LR, so a decay during warmup composes, never overwritten.
+    """
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "plateau":
+        if cfg.plateau_metric not in ("val_loss", "val_top1"):
+            raise UserError(f"unknown plateau metric {cfg.plateau_metric!r}; use val_loss or val_top1")
+        return (LinearLR(optimizer, start_factor=1 / max(1, warmup), total_iters=max(0, warmup - 1)),
+                ReduceLROnPlateau(optimizer, mode="min" if cfg.plateau_metric == "val_loss" else "max",
+                                  factor=cfg.lr_gamma, patience=cfg.plateau_patience))
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {cfg.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    return LambdaLR(optimizer, lr_factor(cfg.schedule, cfg.epochs * steps_per_epoch, warmup,
+                                         round(cfg.lr_step_epochs * steps_per_epoch), cfg.lr_gamma)), None
+
+
+def train(cfg: TrainConfig) -> Manifest | None:
+    """Train, export the best epoch; returns model.pt's manifest, or None if stopped before any epoch ended."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = pick_device(cfg.device)
     dtype = amp_dtype(cfg, device)
     pre = Preprocess(resize=cfg.resize or round(cfg.image_size * 256 / 224), crop=cfg.image_size)
-    classes, train_samples = list_image_folder(f"{cfg.data}/train")
-    _, val_samples = list_image_folder(f"{cfg.data}/val", classes)
-    train_loader = loader(train_samples, train_transform(pre), pre.resize, cfg.batch_size, True, cfg.workers, cfg.seed)
-    val_loader = loader(val_samples, pre.eval_tensor, pre.resize, cfg.batch_size, False, cfg.workers, cfg.seed)
+    classes, train_samples, val_samples = training_data(cfg)
+    sampler = EpochSampler(len(train_samples), cfg.seed)
+    train_loader = loader(train_samples, train_transform(pre, cfg.crop), pre.resize, cfg.batch_size, cfg.workers,
+                          sampler)
+    val_loader = loader(val_samples, pre.eval_tensor, pre.resize, cfg.batch_size, cfg.workers)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     model = build_model(cfg.arch, len(classes), **cfg.arch_kwargs).to(device, memory_format=memory_format)
+    if cfg.compile:
+        model.compile()  # in place, so state_dict keys stay those of the plain model
     optimizer = make_optimizer(cfg, model)
-    steps_per_epoch = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
+    steps_per_epoch = math.ceil(len(train_samples) / cfg.batch_size)
+    scheduler, plateau = make_schedulers(cfg, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # a no-op unless fp16
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    state = {"epoch": 0, "best_top1": -1.0, "run_id": uuid.uuid4().hex[:12], "metrics": []}
+    resumable = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "plateau": plateau,
+                 "scaler": scaler}
+    state = {"epoch": 0, "step": 0, "best_top1": -1.0, "kept": [], "run_id": uuid.uuid4().hex[:12], "metrics": []}
     if cfg.resume:
-        state = resume(cfg.output, model, optimizer, scheduler)
+        state = resume(cfg.output, resumable)
     best = None
     print(f"training {cfg.arch} on {len(train_samples)} images, {len(classes)} classes, {device}"
-          f"{' bf16' if dtype else ''}; validating on {len(val_samples)}")
+          f"{' ' + str(dtype).removeprefix('torch.') if dtype else ''}; validating on {len(val_samples)}")
 
     for epoch in range(state["epoch"], cfg.epochs):
+        sampler.set_epoch(epoch, start=state["step"] * cfg.batch_size)  # mid-epoch resume skips what was done
         model.train()
-        seen, skipped, t0 = 0, 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=None)
+        seen, skipped, losses, t0 = 0, 0, [], time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", initial=state["step"],
+                   total=steps_per_epoch, leave=False, disable=None)
         for x, y, bad in bar:
+            state["step"] += 1
             skipped += bad
-            if not len(y):
-                continue
-            x = pre.normalize(x.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}",
-                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if len(y):
+                x = pre.normalize(x.to(device, non_blocking=True))
+                if cfg.pca_lighting:  # on the normalized float batch, where it is exact (see pca_lighting)
+                    x = pca_lighting(x, pre.std, cfg.pca_lighting)
+                x, y = x.contiguous(memory_format=memory_format), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = criterion(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.clip_grad_norm:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                scale = scaler.get_scale()
+                scaler.step(optimizer)  # skipped when fp16 gradients overflowed; update() then lowers the scale
+                scaler.update()
+                if scaler.get_scale() >= scale:  # the schedule counts applied updates only
+                    scheduler.step()
+                seen += len(y)
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            done = epoch * steps_per_epoch + state["step"]
+            if state["step"] < steps_per_epoch and (done == cfg.stop_after_steps or
+                                                    (cfg.save_every_steps and done % cfg.save_every_steps == 0)):
+                save_training_state(cfg.output, resumable, state)
+                if done == cfg.stop_after_steps:
+                    break
+        if state["step"] < steps_per_epoch:
+            print(f"stopped after {done} steps, in epoch {epoch + 1}; continue with --resume")
+            break
         logits, labels = predict(model, val_loader, pre, device, dtype)
         report = accuracy_report(logits, labels, classes)
-        row = {"epoch": epoch + 1, "loss": loss.item(), "val_top1": report["top1"], "val_top5": report["top5"],
-               "lr": scheduler.get_last_lr()[0], "images_per_second": seen / (time.perf_counter() - t0),
-               "skipped_images": skipped}
+        row = {"epoch": epoch + 1, "loss": sum(losses) / len(losses) if losses else math.nan,
+               "val_loss": torch.nn.functional.cross_entropy(logits, labels).item(), "val_top1": report["top1"],
+               "val_top5": report["top5"], "lr": scheduler.get_last_lr()[0],
+               "images_per_second": seen / (time.perf_counter() - t0), "skipped_images": skipped}
+        if plateau:
+            plateau.step(row[cfg.plateau_metric])
         state["metrics"].append(row)
-        print(f"epoch {row['epoch']}/{cfg.epochs}: loss {row['loss']:.3f}  val top-1 {row['val_top1']:.3f}  "
-              f"top-5 {row['val_top5']:.3f}  lr {row['lr']:.2g}  {row['images_per_second']:.0f} img/s"
-              + (f"  ({skipped} unreadable images skipped)" if skipped else ""))
-        if report["top1"] > state["best_top1"]:
-            state["best_top1"] = report["top1"]
-            best = export(cfg, model, classes, pre, logits, labels, report, state["run_id"])
-        state["epoch"] = epoch + 1
-        save_training_state(cfg.output, model, optimizer, scheduler, state)
+        print(f"epoch {row['epoch']}/{cfg.epochs}: loss {row['loss']:.3f}  val loss {row['val_loss']:.3f}  "
+              f"top-1 {row['val_top1']:.3f}  top-5 {row['val_top5']:.3f}  lr {row['lr']:.2g}  "
+              f"{row['images_per_second']:.0f} img/s" + (f"  ({skipped} unreadable images skipped)" if skipped else ""))
+
+        improved = report["top1"] > state["best_top1"]
+        name = f"best-epoch{epoch + 1:03d}-top1-{report['top1']:.3f}.pt"
+        kept, dropped = rank_best(state["kept"], [name, report["top1"]], cfg.keep_best)
+        targets = (["model.pt"] if improved else []) + ([name] if [name, report["top1"]] in kept else [])
+        if targets:
+            exported = export(cfg, model, classes, pre, logits, labels, report, state["run_id"], targets)
+            best = exported if improved else best
+        state.update(epoch=epoch + 1, step=0, best_top1=max(report["top1"], state["best_top1"]), kept=kept)
+        save_training_state(cfg.output, resumable, state)
+        remove(cfg.output, dropped)  # after last.pt stopped naming them
         metrics_lines = "".join(json.dumps(r) + "\n" for r in state["metrics"])
         atomic_write_bytes(f"{cfg.output}/metrics.jsonl", metrics_lines.encode())
-    return best or load_checkpoint(f"{cfg.output}/model.pt")[1]
+        if (epoch + 1) * steps_per_epoch == cfg.stop_after_steps:
+            print(f"stopped after epoch {epoch + 1}; continue with --resume")
+            break
+    if best is None and state["best_top1"] >= 0:
+        best = load_checkpoint(f"{cfg.output}/model.pt")[1]
+    return best
 
 
-def export(cfg, model, classes, pre, logits, labels, report, run_id) -> Manifest:
-    """Write model.pt: weights, the inference contract, calibrated temperature, metrics, provenance."""
+def rank_best(kept: list, candidate: list, k: int) -> tuple[list, list[str]]:
+    """The k best [file name, top1] pairs, ties kept in epoch order, and the kept files that fell out."""
+    ranked = sorted([*kept, candidate], key=lambda pair: -pair[1])
+    return ranked[:k], [name for name, _ in ranked[k:] if name != candidate[0]]
+
+
+def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list[str]) -> Manifest:
+    """Write OUTPUT/<name> for each name: weights, the inference contract, calibrated temperature, metrics,
+    provenance."""
     temperature = fit_temperature(logits, labels)
     metrics = {"val_top1": report["top1"], "val_top5": report["top5"], "val_images": report["images"],
-               "val_data": f"{cfg.data}/val", "ece_before": expected_calibration_error(logits, labels),
+               "val_data": cfg.val_manifest or f"{cfg.data}/val",
+               "ece_before": expected_calibration_error(logits, labels),
                "ece_after": expected_calibration_error(logits, labels, temperature)}
     manifest = Manifest(
         arch=cfg.arch, arch_kwargs=cfg.arch_kwargs, class_names=list(classes), preprocess=pre,
         temperature=temperature, metrics=metrics,
         provenance={"torch": torch.__version__, "torchvision": torchvision.__version__, "recipe": asdict(cfg),
                     "created_at": datetime.now(UTC).isoformat(), "run_id": run_id})
-    state_dict = {k: v for k, v in model.state_dict().items()}
-    return save_checkpoint(f"{cfg.output}/model.pt", state_dict, manifest)
+    state_dict = model.state_dict()
+    return [save_checkpoint(f"{cfg.output}/{name}", state_dict, manifest) for name in names][0]
 
 
-def save_training_state(output: str, model, optimizer, scheduler, state: dict) -> None:
+def remove(output: str, names: list[str]) -> None:
+    fs, root = fsspec.core.url_to_fs(output)
+    for name in names:
+        if fs.exists(f"{root}/{name}"):
+            fs.rm(f"{root}/{name}")
+
+
+def save_training_state(output: str, resumable: dict, state: dict) -> None:
+    """last.pt: what an exact resume needs, down to the RNGs and the position in the epoch."""
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "state": json.dumps(state)}, buf)
+    torch.save({**{name: part.state_dict() for name, part in resumable.items() if part is not None},
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python_rng": json.dumps(random.getstate()), "state": json.dumps(state)}, buf)
     atomic_write_bytes(f"{output}/last.pt", buf.getvalue())
 
 
-def resume(output: str, model, optimizer, scheduler) -> dict:
-    saved = torch.load(io.BytesIO(read_bytes(f"{output}/last.pt")), map_location="cpu", weights_only=True)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
-    return json.loads(saved["state"])
+def resume(output: str, resumable: dict) -> dict:
+    """Load last.pt into the model, optimizer, schedulers and scaler, restore the RNGs; returns the loop state."""
+    try:
+        saved = torch.load(io.BytesIO(read_bytes(f"{output}/last.pt")), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"--resume: {output}/last.pt does not exist; train without --resume first") from None
+    try:
+        for name, part in resumable.items():
+            if part is not None:
+                part.load_state_dict(saved[name])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        version, internal, gauss = json.loads(saved["python_rng"])
+        random.setstate((version, tuple(internal), gauss))
+        return json.loads(saved["state"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        raise UserError(f"--resume: {output}/last.pt does not fit this run's options ({first}); "
+                        "resume with the options it was trained with") from None

@@ -1,0 +1,73 @@
+"""Wrap a plain state dict, such as torchvision's published ImageNet AlexNet weights, into a checkpoint."""
+import hashlib
+import io
+import pickle
+from collections import Counter
+from datetime import UTC, datetime
+
+import torch
+import torchvision
+
+from schemas.checkpoint import Manifest, save_checkpoint
+from schemas.errors import UserError
+from schemas.preprocess import Preprocess
+from schemas.storage import read_bytes
+from trainer.models import build_model
+
+IMAGENET_EVAL = Preprocess(resize=256, crop=224)  # torchvision's AlexNet recipe: bilinear, ImageNet mean/std
+
+
+def read_class_names(url: str) -> list[str]:
+    """One class name per line, in logit order; blank lines are ignored."""
+    try:
+        text = read_bytes(url).decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"classes file {url} does not exist; write one class name per line, in logit order") from None
+    except UnicodeDecodeError:
+        raise UserError(f"classes file {url} is not UTF-8 text; write one class name per line") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"classes file {url} is empty; write one class name per line, in logit order")
+    if repeated := sorted(name for name, n in Counter(names).items() if n > 1):
+        raise UserError(f"classes file {url} repeats {', '.join(repeated[:5])}; class names must be unique")
+    return names
+
+
+def read_state_dict(url: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of a state dict file, loaded without unpickling code, and the file's sha256."""
+    try:
+        data = read_bytes(url)
+    except FileNotFoundError:
+        raise UserError(f"state dict {url} does not exist; pass the .pth file to import") from None
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"state dict {url} holds objects other than tensors and was refused (weights_only load); "
+                        "save model.state_dict() itself") from None
+    except Exception as e:
+        raise UserError(f"state dict {url} is truncated or not a torch file ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{url} is not a state dict (parameter names -> tensors); save model.state_dict() itself")
+    return obj, hashlib.sha256(data).hexdigest()
+
+
+def import_weights(state_dict_url: str, arch: str, classes_url: str, output: str,
+                   preprocess: Preprocess = IMAGENET_EVAL) -> Manifest:
+    """Check the weights fit `arch` with the listed classes, then write them as a checkpoint at `output`."""
+    class_names = read_class_names(classes_url)
+    state_dict, source_sha256 = read_state_dict(state_dict_url)
+    with torch.device("meta"):  # only the parameter names and shapes, nothing allocated
+        head = [k for k in build_model(arch, len(class_names)).state_dict() if k.endswith(".weight")][-1]
+    if head in state_dict and state_dict[head].shape[0] != len(class_names):
+        raise UserError(f"{classes_url} lists {len(class_names)} classes but the weights' final layer ({head}) has "
+                        f"{state_dict[head].shape[0]} outputs; list exactly one class name per output")
+    try:
+        model = build_model(arch, len(class_names), state_dict)
+    except ValueError as e:
+        raise UserError(f"state dict {state_dict_url}: {e}") from None
+    manifest = Manifest(
+        arch=arch, class_names=class_names, preprocess=preprocess, temperature=1.0,
+        provenance={"imported_from": state_dict_url, "source_sha256": source_sha256, "classes_file": classes_url,
+                    "torch": torch.__version__, "torchvision": torchvision.__version__,
+                    "created_at": datetime.now(UTC).isoformat()})
+    return save_checkpoint(output, model.state_dict(), manifest)
