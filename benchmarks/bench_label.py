@@ -1,0 +1,145 @@
+"""`make bench`: end-to-end labeling speed, ours beside the references, measured in one run.
+
+On the same ImageNet-sized JPEGs (about 500x375) and the same 1000-class torchvision-layout AlexNet at
+224 px, it measures images/s of
+  (a) `alexlabel label` on the DirectRunner (the pipeline's own wall time, from the runs table),
+  (b) reference_beam_example.py: a pipeline written the way Beam's pytorch_image_classification example is,
+  (c) reference_torch.py: a plain PyTorch DataLoader loop (2 workers, bf16 autocast, channels_last),
+  (d) the model forward alone on in-memory tensors (bf16 autocast, channels_last, batch 64, all cores),
+and prints a/b, a/c, a/d with each run's peak resident memory. --scaling also labels 1,000 and 10,000
+images to show time grows linearly.
+
+Usage: python benchmarks/bench_label.py [--images 2000] [--workdir bench-out] [--scaling]
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import torch
+import torchvision
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON = sys.executable
+ALEXLABEL = os.path.join(os.path.dirname(sys.executable), "alexlabel")
+
+
+def make_images(directory: str, n: int) -> list[str]:
+    if len(glob.glob(f"{directory}/*.jpg")) != n:
+        subprocess.run(["rm", "-rf", directory], check=True)
+        print(f"generating {n} JPEGs in {directory} ...", flush=True)
+        subprocess.run([PYTHON, os.path.join(HERE, "make_images.py"), directory, str(n)], check=True)
+    return sorted(glob.glob(f"{directory}/*.jpg"))
+
+
+def make_model(workdir: str) -> tuple[str, str]:
+    """A seeded 1000-class torchvision AlexNet: the plain state dict, wrapped by `alexlabel import-weights`."""
+    state_dict, classes, checkpoint = (os.path.join(workdir, f) for f in ("alexnet_sd.pt", "classes.txt",
+                                                                         "alexnet.pt"))
+    if not os.path.exists(checkpoint):
+        torch.manual_seed(0)
+        torch.save(torchvision.models.alexnet(num_classes=1000).state_dict(), state_dict)
+        with open(classes, "w") as f:
+            f.write("".join(f"class_{i:04d}\n" for i in range(1000)))
+        subprocess.run([ALEXLABEL, "import-weights", state_dict, "--arch", "alexnet", "--classes", classes,
+                        "--output", checkpoint], check=True)
+    return state_dict, checkpoint
+
+
+def run_measured(cmd: list[str]) -> tuple[str, float, float]:
+    """Run a command; returns its output, wall seconds and peak RSS (MiB) of its largest process.
+
+    GNU time measures the peak: os.wait4 from this process would report our own high-water mark
+    (Linux carries a forking parent's into the child's ru_maxrss).
+    """
+    t0 = time.perf_counter()
+    result = subprocess.run(["/usr/bin/time", "-f", "PEAK_KB=%M", *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    out, _, peak = (result.stdout + result.stderr).rpartition("PEAK_KB=")
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{out[-3000:]}")
+    return out, wall, int(peak.split()[0]) / 1024
+
+
+def ours(images_dir: str, checkpoint: str, out: str, extra: list[str]) -> dict:
+    subprocess.run(["rm", "-rf", out], check=True)
+    text, wall, rss = run_measured([ALEXLABEL, "label", "--input", f"{images_dir}/*.jpg", "--checkpoint",
+                                    checkpoint, "--output", out, *extra])
+    (row,) = pq.read_table(glob.glob(f"{out}/runs/*/*.parquet"), partitioning=None).to_pylist()
+    return {"images_per_s": row["images_per_second"], "wall_s": row["wall_seconds"], "process_s": wall,
+            "peak_mib": rss, "labeled": row["labeled"]}
+
+
+def reference_beam(images: list[str], state_dict: str, workdir: str) -> dict:
+    paths = os.path.join(workdir, "paths.txt")
+    with open(paths, "w") as f:
+        f.write("\n".join(images) + "\n")
+    text, wall, rss = run_measured([PYTHON, os.path.join(HERE, "reference_beam_example.py"), paths, state_dict,
+                                    os.path.join(workdir, "peer-out")])
+    return {"images_per_s": float(re.search(r"= ([\d.]+) images/s", text).group(1)), "peak_mib": rss}
+
+
+def reference_torch(images_dir: str, state_dict: str) -> dict:
+    text, wall, rss = run_measured([PYTHON, os.path.join(HERE, "reference_torch.py"), images_dir, state_dict,
+                                    "2", "64", "bf16"])
+    return {"images_per_s": float(re.search(r"= ([\d.]+) images/s", text).group(1)), "peak_mib": rss}
+
+
+@torch.inference_mode()
+def forward_only(seconds: float = 8.0) -> dict:
+    model = torchvision.models.alexnet(num_classes=1000).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(64, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            model(x).float().softmax(1).topk(5)
+            n += 64
+    return {"images_per_s": n / (time.perf_counter() - t0), "threads": torch.get_num_threads()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--workdir", default="bench-out")
+    ap.add_argument("--scaling", action="store_true", help="also label 1,000 and 10,000 images")
+    ap.add_argument("label_args", nargs="*", help="extra `alexlabel label` arguments for (a)")
+    args = ap.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    images_dir = os.path.join(args.workdir, f"images-{args.images}")
+    images = make_images(images_dir, args.images)
+    state_dict, checkpoint = make_model(args.workdir)
+
+    results = {"images": len(images), "cores": os.cpu_count()}
+    results["a_ours"] = ours(images_dir, checkpoint, os.path.join(args.workdir, "ours-out"), args.label_args)
+    print("a", results["a_ours"], flush=True)
+    results["b_beam_example"] = reference_beam(images, state_dict, args.workdir)
+    print("b", results["b_beam_example"], flush=True)
+    results["c_torch_loop"] = reference_torch(images_dir, state_dict)
+    print("c", results["c_torch_loop"], flush=True)
+    results["d_forward_only"] = forward_only()
+    print("d", results["d_forward_only"], flush=True)
+    a = results["a_ours"]["images_per_s"]
+    results["ratios"] = {k: round(a / results[v]["images_per_s"], 2) for k, v in
+                         (("a/b", "b_beam_example"), ("a/c", "c_torch_loop"), ("a/d", "d_forward_only"))}
+    if args.scaling:
+        results["scaling"] = {}
+        for n in (1000, 10000):
+            d = make_images(os.path.join(args.workdir, f"images-{n}"), n)
+            results["scaling"][n] = ours(d, checkpoint, os.path.join(args.workdir, f"scale-{n}"), args.label_args)
+            print("scaling", n, results["scaling"][n], flush=True)
+    print(json.dumps(results, indent=2))
+    targets = {"a/b": 4.0, "a/c": 1.2, "a/d": 0.75}
+    for name, ratio in results["ratios"].items():
+        print(f"{name} = {ratio:5.2f}  (target >= {targets[name]}) {'ok' if ratio >= targets[name] else 'MISSED'}")
+    with open(os.path.join(args.workdir, "bench_label.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Storage faults against the GCS emulator: transient 5xx are retried, a permanent failure on one
+object becomes an error row, and the run goes on."""
+import os
+
+import pyarrow.parquet as pq
+from faulty_gcs import FaultyProxy
+
+from beam_pipeline.options import LabelOptions
+from beam_pipeline.pipeline import run
+
+
+def test_transient_faults_are_retried_and_a_broken_object_is_an_error_row(gcs, sample_dir, checkpoint, tmp_path,
+                                                                          monkeypatch):
+    gcs.mkdir("alexlabel-faults")
+    images = sorted(f for f in os.listdir(f"{sample_dir}/bucket") if f.startswith("img_"))[:6]
+    names = ["flaky_a.jpg", "flaky_b.jpg", "broken_c.jpg", *images[3:]]
+    for source, name in zip(images, names, strict=True):
+        gcs.put(f"{sample_dir}/bucket/{source}", f"alexlabel-faults/in/{name}")
+    gcs.put(checkpoint, "alexlabel-faults/model.pt")
+    with FaultyProxy(os.environ["STORAGE_EMULATOR_HOST"]) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        row = run(LabelOptions(inputs=["gs://alexlabel-faults/in/*"], checkpoint="gs://alexlabel-faults/model.pt",
+                               output=str(tmp_path / "out")))
+    assert (row["matched"], row["labeled"], row["errored"]) == (6, 5, 1)
+    injected = {name.rsplit("/", 1)[-1].split("?")[0]: n for name, n in proxy.faults.items()}
+    assert injected["flaky_a.jpg"] == injected["flaky_b.jpg"] == 2 and injected["broken_c.jpg"] >= 1
+    (error,) = pq.read_table(str(next((tmp_path / "out" / "errors").glob("*/*.parquet"))),
+                             partitioning=None).to_pylist()
+    assert error["uri"] == "gs://alexlabel-faults/in/broken_c.jpg" and error["stage"] == "read"
+    assert "403" in error["message"] or "injected fault" in error["message"], error
