@@ -25,9 +25,19 @@ install: $(STAMP)  ## create the virtualenv if missing and install the package w
 demo: install  ## sample data -> train on CPU -> label with Beam -> query summary
 	$(BIN)/alexlabel demo
 
-test: install  ## lint, then the whole suite
+test: install browser  ## lint, then the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+.PHONY: browser bench-query
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:  ## Debian's chromium, which the report test renders pages in (once; needs root or sudo)
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+bench-query: install  ## time query --summary and --review 100 over 1 million label rows (target: 2 s each)
+	$(BIN)/python benchmarks/query_bench.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -4,7 +4,7 @@ import logging
 import click
 
 from alexlabel import __version__
-from beam_pipeline.cli import label_command, query_command, schema_command
+from beam_pipeline.cli import export_command, label_command, query_command, report_command, schema_command
 from schemas.errors import UserError
 from schemas.redact import redact
 from trainer.cli import evaluate_command, import_weights_command, train_command
@@ -59,6 +59,6 @@ def demo_command(workdir, seed, epochs):
     run_demo(workdir, seed, epochs)
 
 
-for command in (train_command, evaluate_command, import_weights_command, label_command, query_command,
-                schema_command):
+for command in (train_command, evaluate_command, label_command, query_command, report_command, export_command,
+                schema_command, import_weights_command):
     main.add_command(command)

@@ -1,73 +1,317 @@
-"""SQL over an output folder or bucket: DuckDB views `labels`, `errors`, `runs` over the Parquet tables."""
+"""SQL over an output folder or bucket, and the built-in analyses the `query`, `report` and `export` commands share.
+
+DuckDB views over the Parquet tables:
+    labels, errors, runs   every row (with a model version given, only that version's partition)
+    latest                 the latest row per (uri, model_version): greatest labeled_at, ties to the greater run_id
+    analyzed               what the built-ins read: `latest`, or `labels` when asked for all rows
+
+Why `latest`: labeling the same images again (a rerun without --skip-existing, --retry-errors) adds rows,
+and counts, accuracy and review queues are about images, not attempts. Another model version's rows are
+kept: comparing versions is the point of keeping them.
+"""
 import csv
 import io
+import json
 import os
 import posixpath
+from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
 
 import duckdb
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from schemas.errors import UserError
-from schemas.storage import as_url, glob_urls, is_local, read_bytes
+from schemas.storage import as_url, atomic_write_bytes, glob_urls, is_local, read_bytes
 from schemas.tables import TABLES
+
+REVIEW_ORDER = {"confidence": "confidence, margin, uri", "margin": "margin, confidence, uri"}
+LATEST = """SELECT * FROM labels
+            QUALIFY row_number() OVER (PARTITION BY uri, model_version ORDER BY labeled_at DESC, run_id DESC) = 1"""
 
 
 class NoOutput(UserError):
     """An output URL that holds no alexlabel tables."""
 
 
-def connect(output: str) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one view per table; fsspec serves gs:// and other remote URLs."""
+class QueryError(UserError):
+    """A query the output cannot answer as asked: unknown versions, unmatched truth, bad SQL or format."""
+
+
+def connect(output: str, model: str | None = None, all_rows: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views above; fsspec serves gs:// and other remote URLs."""
     con = duckdb.connect()
-    fs, root = fsspec.core.url_to_fs(output.rstrip("/"))
+    output = output.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(output)
     if not is_local(fs):
         con.register_filesystem(fs)
     if not fs.exists(f"{root}/runs"):
         raise NoOutput(f"{output} holds no alexlabel runs; run `alexlabel label --output {output}` first")
+    if model and model not in (found := partition_versions(output)):
+        raise QueryError(f"{output} has no rows of model version {model} (it has: {', '.join(found) or 'none'})")
     for table, schema in TABLES.items():
-        files = glob_urls(f"{output.rstrip('/')}/{table}/*/*.parquet")
+        files = glob_urls(f"{output}/{table}/model={model}/*.parquet" if model else f"{output}/{table}/*/*.parquet")
         if files:
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({files!r}, hive_partitioning=false, "
-                        "union_by_name=true)")
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{', '.join(map(literal, files))}], "
+                        "hive_partitioning=false, union_by_name=true)")
         else:
             con.register(table, schema.empty_table())
+    con.execute(f"CREATE VIEW latest AS {LATEST}")
+    con.execute(f"CREATE VIEW analyzed AS SELECT * FROM {'labels' if all_rows else 'latest'}")
     return con
 
 
-def load_truth(con: duckdb.DuckDBPyConnection, truth: str) -> None:
-    """Register `truth(uri, label)` from a CSV; relative uris are resolved against the CSV's folder."""
-    rows = list(csv.DictReader(io.StringIO(read_bytes(truth).decode())))
-    if not rows or not {"uri", "label"} <= rows[0].keys():
-        raise UserError(f"truth file {truth} needs a header line with the columns uri,label")
-    fs, path = fsspec.core.url_to_fs(truth)
-    base = posixpath.dirname(os.path.abspath(path) if is_local(fs) else path)
-    uris = [r["uri"] if "://" in r["uri"] else as_url(fs, posixpath.normpath(posixpath.join(base, r["uri"])))
-            for r in rows]
-    con.register("truth", pa.table({"uri": uris, "label": [r["label"] for r in rows]}))
+def partition_versions(output: str) -> list[str]:
+    """Model versions with a partition in any table, from the folder names alone."""
+    fs, root = fsspec.core.url_to_fs(output.rstrip("/"))
+    return sorted({p.rsplit("model=", 1)[1] for p in fs.glob(f"{root}/*/model=*")})
 
 
+def label_versions(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Model versions of the analyzed label rows, most recently labeled first."""
+    rows = con.sql("SELECT model_version FROM analyzed GROUP BY 1 ORDER BY max(labeled_at) DESC, 1").fetchall()
+    return [v for (v,) in rows]
+
+
+def literal(value: str) -> str:
+    """A SQL string literal (for views, which take no parameters)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+@contextmanager
+def sql_errors():
+    """DuckDB's errors as one `Error: ...` line: the user's SQL is user input."""
+    try:
+        yield
+    except duckdb.Error as e:
+        raise QueryError(str(e).strip().splitlines()[0]) from None
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, duckdb.DuckDBPyRelation]:
+    with sql_errors():
+        relation = con.sql(sql)
+    return {"sql": relation} if relation is not None else {}
+
+
+SUMMARY_STATS = """CREATE OR REPLACE TEMP TABLE label_stats AS
+    SELECT model_version, label, grouping(label) AS total, count(*) AS images,
+           count(*) FILTER (decision = 'accept') AS accepted, count(*) FILTER (decision = 'review') AS review,
+           avg(confidence) AS mean, min(confidence)::DOUBLE AS lo, max(confidence)::DOUBLE AS hi,
+           quantile_cont(confidence, [0.1, 0.25, 0.5, 0.75, 0.9])::DOUBLE[] AS q
+    FROM analyzed GROUP BY GROUPING SETS ((model_version, label), (model_version))"""
 SUMMARY_QUERIES = {
     "runs": """SELECT run_id, model_version, matched, labeled, errored, skipped,
                       round(wall_seconds, 1) AS seconds, round(images_per_second, 1) AS images_per_s
-               FROM runs ORDER BY started_at""",
-    "labels": """SELECT label, count(*) AS images, count(*) FILTER (decision = 'accept') AS accepted,
-                        count(*) FILTER (decision = 'review') AS review, round(avg(confidence), 3) AS mean_conf
-                 FROM labels GROUP BY label ORDER BY images DESC, label""",
+               FROM runs ORDER BY started_at, run_id""",
+    "confidence": """SELECT model_version, images, accepted, review, round(accepted / images, 4) AS accept_rate,
+                            round(lo, 3) AS min, round(q[1], 3) AS p10, round(q[2], 3) AS p25,
+                            round(q[3], 3) AS median, round(q[4], 3) AS p75, round(q[5], 3) AS p90,
+                            round(hi, 3) AS max, round(mean, 3) AS mean
+                     FROM label_stats WHERE total = 1 ORDER BY model_version""",
+    "labels": """SELECT model_version, label, images, accepted, review, round(mean, 3) AS mean_conf,
+                        round(q[1], 3) AS p10, round(q[3], 3) AS median, round(q[5], 3) AS p90
+                 FROM label_stats WHERE total = 0 ORDER BY model_version, images DESC, label""",
     "errors": """SELECT stage, error_type, count(*) AS files, any_value(uri) AS example
-                 FROM errors GROUP BY ALL ORDER BY files DESC""",
+                 FROM errors GROUP BY ALL ORDER BY files DESC, stage, error_type""",
 }
-TRUTH_QUERY = """SELECT count(*) AS compared, count(*) FILTER (l.label = t.label) AS correct,
-                        round(avg((l.label = t.label)::INT), 4) AS accuracy,
-                        (SELECT count(*) FROM truth WHERE uri NOT IN (SELECT uri FROM labels)) AS truth_unlabeled
-                 FROM labels l JOIN truth t USING (uri)"""
 
 
-def summary(output: str, truth: str | None = None) -> dict[str, duckdb.DuckDBPyRelation]:
-    """Named result tables: runs, rows per label, errors by type and, given truth, accuracy."""
-    con = connect(output)
+def summary(con: duckdb.DuckDBPyConnection | str, truth: str | None = None) -> dict[str, duckdb.DuckDBPyRelation]:
+    """Runs, accept/review split and confidence quantiles per version and per label, errors by type and,
+    given truth, the truth tables. `con` may be an output URL; the label rows are scanned once."""
+    con = connect(con) if isinstance(con, str) else con
+    con.execute(SUMMARY_STATS)
     results = {name: con.sql(q) for name, q in SUMMARY_QUERIES.items()}
-    if truth:
-        load_truth(con, truth)
-        results["accuracy"] = con.sql(TRUTH_QUERY)
-    return results
+    return {**results, **truth_tables(con, truth)} if truth else results
+
+
+def review(con: duckdb.DuckDBPyConnection, n: int, by: str = "confidence") -> dict[str, duckdb.DuckDBPyRelation]:
+    """The n rows a person should look at first: least confident, or closest to their runner-up.
+
+    The order is found on narrow columns and the wide ones fetched for those n rows only: carrying them
+    through the latest-row window would double the time."""
+    order = REVIEW_ORDER[by]
+    return {"review": con.sql(f"""WITH queue AS (SELECT uri, model_version, run_id, labeled_at FROM analyzed
+                                                 ORDER BY {order} LIMIT {int(n)})
+                                  SELECT uri, label, confidence, margin, topk_labels[2] AS runner_up, decision,
+                                         model_version, run_id
+                                  FROM labels SEMI JOIN queue USING (uri, model_version, run_id, labeled_at)
+                                  ORDER BY {order}""")}
+
+
+def load_truth(con: duckdb.DuckDBPyConnection, truth: str) -> None:
+    """Table `judged` (model_version, uri, key, truth, predicted): analyzed rows joined to the ground truth.
+
+    A file is a uri,label CSV matched by uri (relative uris resolve against the CSV's folder); a folder is an
+    ImageFolder tree DIR/<class>/<files> matched by file name, which must then be unique in the tree.
+    """
+    fs, path = fsspec.core.url_to_fs(truth)
+    if fs.isdir(path):
+        con.register("truth", folder_truth(fs, path, truth))
+        key, how = "parse_filename(l.uri)", "file name"
+    elif fs.isfile(path):
+        con.register("truth", csv_truth(fs, path, truth))
+        key, how = "l.uri", "uri"
+    else:
+        raise QueryError(f"truth {truth} does not exist; pass a uri,label CSV or an ImageFolder tree DIR/<class>/")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE judged AS
+                    SELECT l.model_version, l.uri, t.key, t.label AS truth, l.label AS predicted
+                    FROM analyzed l JOIN truth t ON {key} = t.key""")
+    if not con.sql("SELECT count(*) FROM judged").fetchall()[0][0]:
+        raise QueryError(f"no labeled image matches truth {truth} by {how}; check that it describes this output")
+
+
+def csv_truth(fs: fsspec.AbstractFileSystem, path: str, truth: str) -> pa.Table:
+    rows = list(csv.DictReader(io.StringIO(read_bytes(truth).decode())))
+    if not rows or not {"uri", "label"} <= rows[0].keys():
+        raise QueryError(f"truth file {truth} needs a header line with the columns uri,label")
+    base = posixpath.dirname(os.path.abspath(path) if is_local(fs) else path)
+    uris = [r["uri"] if "://" in r["uri"] else as_url(fs, posixpath.normpath(posixpath.join(base, r["uri"])))
+            for r in rows]
+    return pa.table({"key": uris, "label": [r["label"] for r in rows]})
+
+
+def folder_truth(fs: fsspec.AbstractFileSystem, path: str, truth: str) -> pa.Table:
+    classes: dict[str, str] = {}
+    for p in sorted(fs.find(path)):
+        parts = p[len(path.rstrip("/")) + 1:].split("/")
+        if len(parts) != 2 or parts[1].startswith("."):
+            continue
+        label, name = parts
+        if classes.setdefault(name, label) != label:
+            raise QueryError(f"truth folder {truth} holds {name} under both {classes[name]}/ and {label}/; "
+                             "matching is by file name, so names must be unique")
+    if not classes:
+        raise QueryError(f"truth folder {truth} has no files in class folders; expect {truth}/<class>/<files>")
+    return pa.table({"key": list(classes), "label": list(classes.values())})
+
+
+TRUTH_QUERIES = {
+    "accuracy": """SELECT count(*) AS compared, count(*) FILTER (predicted = truth) AS correct,
+                          round(avg((predicted = truth)::INT), 4) AS accuracy,
+                          (SELECT count(*) FROM truth) - count(DISTINCT key) AS truth_unlabeled, model_version
+                   FROM judged GROUP BY model_version ORDER BY model_version""",
+    "per_class": """SELECT model_version, label, sum(is_truth) AS support, sum(is_predicted) AS predicted,
+                           sum(is_truth * is_predicted) AS correct,
+                           round(sum(is_truth * is_predicted) / nullif(sum(is_predicted), 0), 4) AS precision,
+                           round(sum(is_truth * is_predicted) / nullif(sum(is_truth), 0), 4) AS recall
+                    FROM (SELECT model_version, truth AS label, 1 AS is_truth, (predicted = truth)::INT AS is_predicted
+                          FROM judged
+                          UNION ALL
+                          SELECT model_version, predicted, 0, 1 FROM judged WHERE predicted <> truth)
+                    GROUP BY ALL ORDER BY model_version, label""",
+    "confusion": """PIVOT (SELECT model_version, truth AS "truth / predicted", predicted FROM judged)
+                    ON predicted USING count(*) GROUP BY model_version, "truth / predicted"
+                    ORDER BY 1, 2""",
+}
+
+
+def truth_tables(con: duckdb.DuckDBPyConnection, truth: str) -> dict[str, duckdb.DuckDBPyRelation]:
+    """Accuracy, per-class precision and recall, and the confusion matrix (rows: truth), per model version."""
+    load_truth(con, truth)
+    return {name: con.sql(q) for name, q in TRUTH_QUERIES.items()}
+
+
+def compare(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, duckdb.DuckDBPyRelation]:
+    """Agreement of two runs or model versions on the uris both labeled, and the rows whose label changed."""
+    for name, side in (("side_a", a), ("side_b", b)):
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {side_rows(con, side)}")
+    return {
+        "agreement": con.sql(f"""SELECT {literal(a)} AS a, {literal(b)} AS b,
+                                        count(a.uri) FILTER (b.uri IS NOT NULL) AS compared,
+                                        count(*) FILTER (a.label = b.label) AS agreed,
+                                        round(agreed / nullif(compared, 0), 4) AS agreement,
+                                        count(*) FILTER (b.uri IS NULL) AS only_in_a,
+                                        count(*) FILTER (a.uri IS NULL) AS only_in_b
+                                 FROM side_a a FULL JOIN side_b b USING (uri)"""),
+        "changed": con.sql("""SELECT uri, a.label AS label_a, a.confidence AS confidence_a,
+                                     b.label AS label_b, b.confidence AS confidence_b
+                              FROM side_a a JOIN side_b b USING (uri) WHERE a.label <> b.label ORDER BY uri"""),
+    }
+
+
+def side_rows(con: duckdb.DuckDBPyConnection, side: str) -> str:
+    """SQL for one row per uri of a run id (a run labels each input once) or a model version (its latest rows)."""
+    runs, models = con.execute("SELECT count(*) FILTER (run_id = $1), count(*) FILTER (model_version = $1) "
+                               "FROM labels", [side]).fetchall()[0]
+    if runs:
+        return f"SELECT uri, label, confidence FROM labels WHERE run_id = {literal(side)}"
+    if models:
+        return f"SELECT uri, label, confidence FROM latest WHERE model_version = {literal(side)}"
+    raise QueryError(f"--compare: {side} is neither a run id nor a model version with label rows here")
+
+
+def render(results: dict[str, duckdb.DuckDBPyRelation], fmt: str) -> str | bytes:
+    """Results as an aligned text table, CSV, JSON (one table: a list of rows; several: an object of them)
+    or Parquet bytes. CSV and Parquet hold one table each."""
+    if fmt in ("csv", "parquet") and len(results) > 1:
+        raise QueryError(f"--format {fmt} holds one table, but this query gives {len(results)} "
+                         f"({', '.join(results)}); use --format json or table, or ask for one table")
+    with sql_errors():
+        if fmt == "parquet":
+            buf = io.BytesIO()
+            for relation in results.values():
+                pq.write_table(relation.to_arrow_table(), buf)
+            return buf.getvalue()
+        tables = {name: (rel.columns, rel.fetchall()) for name, rel in results.items()}
+    if fmt == "csv":
+        return "".join(csv_text(*t) for t in tables.values())
+    if fmt == "json":
+        rows = {name: [dict(zip(cols, row, strict=True)) for row in data] for name, (cols, data) in tables.items()}
+        return json.dumps(rows if len(rows) > 1 else next(iter(rows.values()), []), default=json_value, indent=1) + "\n"
+    if len(tables) == 1:
+        return aligned(*next(iter(tables.values())))
+    return "\n".join(f"{name}:\n{aligned(*t)}" for name, t in tables.items())
+
+
+def aligned(columns: list[str], rows: list[tuple]) -> str:
+    """A plain text table: numbers right-aligned, every row shown (DuckDB's own display elides rows)."""
+    cells = [list(columns)] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    numeric = [bool(rows) and all(isinstance(r[i], int | float | Decimal) or r[i] is None for r in rows)
+               for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(r, widths, numeric, strict=True)).rstrip()
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + f"\n({len(rows)} row{'s' * (len(rows) != 1)})\n"
+
+
+def cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if isinstance(value, list):
+        return "[" + ", ".join(cell(v) for v in value) + "]"
+    return str(value)
+
+
+def csv_text(columns: list[str], rows: list[tuple]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([csv_value(v) for v in row] for row in rows)
+    return buf.getvalue()
+
+
+def csv_value(value):
+    """Lists and structs as JSON text in one cell; timestamps as ISO 8601."""
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=json_value)
+    return json_value(value) if isinstance(value, datetime | date | Decimal) else value
+
+
+def json_value(value):
+    """JSON for what DuckDB returns beyond JSON's types: timestamps as ISO 8601, decimals as numbers."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
+def write_result(data: str | bytes, to: str) -> None:
+    """Whole-file write on any fsspec URL; readers never see half a result."""
+    atomic_write_bytes(to, data.encode() if isinstance(data, str) else data)

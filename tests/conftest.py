@@ -1,5 +1,7 @@
 """Shared fixtures: a small generated sample set, a checkpoint really trained on it, a real GCS server."""
 import os
+import threading
+from collections import deque
 from types import SimpleNamespace
 
 import pytest
@@ -55,6 +57,8 @@ def gcs():
 
     server = FakeGCSServer()
     server.start()
+    # The wrapper pipes the server's request log to us; unread, the pipe fills and the server blocks.
+    threading.Thread(target=lambda: deque(server._process.stderr, maxlen=0), daemon=True).start()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(auth._Credentials, "_credentials_init", True)
         mp.setattr(auth._Credentials, "_credentials", None)

@@ -1,0 +1,107 @@
+"""`alexlabel export`: labeled images back into training data, closing train -> label -> review -> retrain.
+
+Two forms the trainer reads: an ImageFolder tree DIR/<label>/<file> (`alexlabel train --data`, as the
+train/ or val/ split) and a uri,label manifest in CSV or Parquet (`--data-manifest`). Rows follow the
+query rule: the latest row per uri of one model version, optionally only one decision or above a confidence.
+"""
+import csv
+import hashlib
+import io
+import posixpath
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from beam_pipeline import query
+from schemas.errors import UserError
+from schemas.storage import atomic_write_bytes, read_bytes
+
+MANIFEST_COLUMNS = ("uri", "label", "confidence", "decision", "model_version")
+
+
+class ExportError(UserError):
+    """An export that would be ambiguous, empty or cannot be written."""
+
+
+def export(output: str, kind: str, dest: str, model: str | None = None, decision: str | None = None,
+           min_confidence: float | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """Export to an ImageFolder tree ("imagefolder") or a manifest file ("manifest"); returns (written, failures)."""
+    if kind == "manifest" and not dest.lower().endswith((".csv", ".parquet")):
+        raise ExportError(f"manifest {dest} must end in .csv or .parquet")
+    rows = select_rows(output, model, decision, min_confidence)
+    if kind == "imagefolder":
+        return to_imagefolder(rows, dest)
+    to_manifest(rows, dest)
+    return len(rows), []
+
+
+def select_rows(output: str, model: str | None = None, decision: str | None = None,
+                min_confidence: float | None = None) -> list[tuple]:
+    """MANIFEST_COLUMNS of the rows to export, ordered by uri; refuses to mix model versions silently."""
+    con = query.connect(output, model)
+    if len(versions := query.label_versions(con)) > 1:
+        raise ExportError(f"{output} holds labels of {len(versions)} model versions ({', '.join(versions)}); "
+                          "pick one with --model")
+    rows = con.execute(f"""SELECT {', '.join(MANIFEST_COLUMNS)} FROM analyzed
+                           WHERE ($1 IS NULL OR decision = $1) AND confidence >= coalesce($2, 0) ORDER BY uri""",
+                       [decision, min_confidence]).fetchall()
+    if not rows:
+        filters = (f"{f' --decision {decision}' if decision else ''}"
+                   f"{f' --min-confidence {min_confidence:g}' if min_confidence is not None else ''}")
+        raise ExportError(f"no labeled rows of {output}" + (f" pass the filters{filters}" if filters else ""))
+    return rows
+
+
+def destinations(rows: list[tuple]) -> list[tuple[str, str]]:
+    """(uri, "<label>/<file name>") pairs. A name two uris share under one label gets the first 8 hex digits of
+    each uri's sha256 before its extension, so the result depends on the rows alone, never on their order."""
+    keys = [(folder_name(label), posixpath.basename(uri)) for uri, label, *_ in rows]
+    taken = Counter(keys)
+    out = []
+    for (uri, *_), (folder, name) in zip(rows, keys, strict=True):
+        if taken[(folder, name)] > 1:
+            stem, ext = posixpath.splitext(name)
+            name = f"{stem}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}{ext}"
+        out.append((uri, f"{folder}/{name}"))
+    return out
+
+
+def folder_name(label: str) -> str:
+    """A label as one safe path segment: separators become _, and . or .. cannot climb out of DIR."""
+    name = re.sub(r"[/\\\x00]", "_", label)
+    return f"_{name}" if name in ("", ".", "..") else name
+
+
+def to_imagefolder(rows: list[tuple], directory: str) -> tuple[int, list[tuple[str, str]]]:
+    """Copy each image to DIR/<label>/ (any fsspec URLs, in parallel); returns (copied, [(uri, why)] not copied).
+
+    Files already in DIR are overwritten when a row maps to them and left alone otherwise."""
+    directory = directory.rstrip("/")
+
+    def copy(pair: tuple[str, str]) -> str | None:
+        uri, rel = pair
+        try:
+            atomic_write_bytes(f"{directory}/{rel}", read_bytes(uri))
+        except OSError as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    pairs = destinations(rows)
+    with ThreadPoolExecutor(8) as pool:
+        failures = [(uri, why) for (uri, _), why in zip(pairs, pool.map(copy, pairs), strict=True) if why]
+    return len(pairs) - len(failures), failures
+
+
+def to_manifest(rows: list[tuple], path: str) -> None:
+    """Write MANIFEST_COLUMNS (uri and label first) as CSV, or as Parquet when the name ends in .parquet."""
+    if path.lower().endswith(".parquet"):
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist([dict(zip(MANIFEST_COLUMNS, row, strict=True)) for row in rows]), buf)
+        atomic_write_bytes(path, buf.getvalue())
+    else:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows([MANIFEST_COLUMNS, *rows])
+        atomic_write_bytes(path, text.getvalue().encode())

@@ -1,0 +1,158 @@
+"""`alexlabel report`: one self-contained HTML page to review a labeling run.
+
+Everything is inline (CSS, SVG charts, thumbnails as base64 JPEG data URIs; no scripts), so the page
+opens offline, from a bucket or as a mail attachment. Every string taken from the data is escaped:
+labels, uris and error messages come from files and checkpoints nobody vetted.
+"""
+import base64
+import html
+import io
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import duckdb
+
+from beam_pipeline import query
+from schemas.preprocess import decode_image
+from schemas.storage import atomic_write_bytes, read_bytes
+
+THUMB_PX = 96
+MAX_LABELS = 60  # charts beyond this many classes stop being readable; the page says how many were left out
+BINS = 10
+CSS = """body{font:14px system-ui,sans-serif;margin:24px;color:#222;background:#fff}h1{font-size:22px}
+h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}
+td.num{text-align:right}.meta{color:#555}.accept{fill:#3a7d44}.review{fill:#e08a1e}.bar{fill:#4a6fa5}
+.chart text{font-size:12px;fill:#222}.hists,.queue{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;border:1px solid #ddd;padding:6px;width:200px}figcaption{font-size:12px;overflow-wrap:anywhere}
+.queue figure{width:150px}.noimg{width:96px;height:72px;background:#eee;color:#777;font-size:11px;
+display:flex;align-items:center;justify-content:center}.uri{color:#666}.legend span{padding:0 6px;color:#fff}
+td.msg{max-width:520px;overflow-wrap:anywhere}"""
+
+
+def esc(value) -> str:
+    return html.escape(query.cell(value), quote=True)
+
+
+def write_report(output: str, html_path: str, model: str | None = None, all_rows: bool = False, review_n: int = 48,
+                 by: str = "confidence", max_errors: int = 200) -> dict:
+    """Write the page for one model version (default: the most recently labeled); returns what it shows."""
+    con = query.connect(output, model, all_rows)
+    versions = query.label_versions(con)
+    if len(versions) > 1:
+        con = query.connect(output, versions[0], all_rows)
+    shown = {"model_version": versions[0] if versions else model or "(none)", "other_versions": versions[1:],
+             "rows": "every label row" if all_rows else "the latest row per (uri, model version)"}
+    body, counts = sections(con, review_n, by, max_errors)
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>alexlabel report: {esc(output)}'
+            f"</title><style>{CSS}</style></head><body><h1>alexlabel report</h1>{header(output, shown)}{body}"
+            "</body></html>\n")
+    atomic_write_bytes(html_path, page.encode())
+    return {**shown, **counts}
+
+
+def header(output: str, shown: dict) -> str:
+    others = (f" Also in this output: {esc(', '.join(shown['other_versions']))} (pick one with --model)."
+              if shown["other_versions"] else "")
+    return (f'<p class="meta">Output <code>{esc(output)}</code>, model version <code>{esc(shown["model_version"])}'
+            f"</code>, written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.{others} Counts use {shown['rows']}.</p>")
+
+
+def sections(con: duckdb.DuckDBPyConnection, review_n: int, by: str, max_errors: int) -> tuple[str, dict]:
+    tables = query.summary(con)  # also fills label_stats, so the charts need no further pass over the rows
+    all_labels = con.sql("SELECT label, accepted, review FROM label_stats WHERE total = 0 "
+                         "ORDER BY images DESC, label").fetchall()
+    n_labels, per_label = len(all_labels), all_labels[:MAX_LABELS]
+    queue = query.review(con, review_n, by)["review"].fetchall() if review_n else []
+    errors = con.sql(f'SELECT stage, error_type, uri, message FROM errors ORDER BY "at" DESC, uri LIMIT {max_errors}')
+    n_errors = con.sql("SELECT count(*) FROM errors").fetchall()[0][0]
+    more = f" ({n_labels - len(per_label)} smaller labels left out)" if n_labels > len(per_label) else ""
+    body = (section("Summary", relation_table(tables["confidence"]))
+            + section("Images per label" + more, '<p class="legend"><span style="background:#3a7d44">accept</span>'
+                      '<span style="background:#e08a1e">review</span></p>' + bar_chart(per_label))
+            + section("Confidence per label", histograms(con, [row[0] for row in per_label]))
+            + section(f"Review queue: {len(queue)} rows with the lowest {esc(by)}", review_queue(queue))
+            + section(f"Errors: {n_errors} (showing {min(n_errors, max_errors)})",
+                      relation_table(tables["errors"]) + relation_table(errors, "errors-table"))
+            + section("Runs", relation_table(tables["runs"])))
+    return body, {"labels": n_labels, "review": len(queue), "errors": n_errors}
+
+
+def section(title: str, content: str) -> str:
+    return f"<section><h2>{esc(title)}</h2>{content}</section>"
+
+
+def relation_table(relation: duckdb.DuckDBPyRelation, table_id: str = "") -> str:
+    rows = relation.fetchall()
+    head = "".join(f"<th>{esc(c)}</th>" for c in relation.columns)
+    body = "".join("<tr>" + "".join(f'<td class="{cell_class(c, v)}">{esc(v)}</td>' for c, v in
+                                    zip(relation.columns, row, strict=True)) + "</tr>" for row in rows)
+    attrs = f' id="{esc(table_id)}"' if table_id else ""
+    return f"<table{attrs}><tr>{head}</tr>{body}</table>"
+
+
+def cell_class(column: str, value) -> str:
+    return "num" if isinstance(value, int | float) else "msg" if column in ("message", "uri", "example") else ""
+
+
+def bar_chart(rows: list[tuple[str, int, int]]) -> str:
+    """Horizontal bars per label, accepted and review stacked, the total at the end."""
+    top, left, span, step = max((a + r for _, a, r in rows), default=1) or 1, 180, 520, 22
+    parts = [f'<svg class="chart bar-chart" width="780" height="{len(rows) * step + 4}" role="img" '
+             'aria-label="images per label">']
+    for i, (label, accepted, review) in enumerate(rows):
+        y, wa, wr = i * step, span * accepted / top, span * review / top
+        parts += [f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{esc(label[:28])}</text>',
+                  f'<rect class="accept" x="{left}" y="{y + 3}" width="{wa:.1f}" height="16">'
+                  f"<title>{esc(label)}: {accepted} accept</title></rect>",
+                  f'<rect class="review" x="{left + wa:.1f}" y="{y + 3}" width="{wr:.1f}" height="16">'
+                  f"<title>{esc(label)}: {review} review</title></rect>",
+                  f'<text x="{left + wa + wr + 6:.1f}" y="{y + 15}">{accepted + review}</text>']
+    return "".join(parts) + "</svg>"
+
+
+def histograms(con: duckdb.DuckDBPyConnection, labels: list[str]) -> str:
+    """One small confidence histogram (BINS bins over 0..1) per label, each scaled to its own tallest bin."""
+    bins = {label: [0] * BINS for label in labels}
+    for label, b, n in con.sql(f"""SELECT label, least(floor(confidence * {BINS}), {BINS - 1})::INT, count(*)
+                                   FROM analyzed GROUP BY ALL""").fetchall():
+        if label in bins:
+            bins[label][b] = n
+    return '<div class="hists">' + "".join(histogram(label, counts) for label, counts in bins.items()) + "</div>"
+
+
+def histogram(label: str, counts: list[int]) -> str:
+    top, width, height = max(counts) or 1, 18, 70
+    bars = "".join(f'<rect class="bar" x="{2 + i * width}" y="{height - height * n / top:.1f}" width="{width - 2}" '
+                   f'height="{height * n / top:.1f}"><title>{i / BINS:.1f}-{(i + 1) / BINS:.1f}: {n}</title></rect>'
+                   for i, n in enumerate(counts))
+    return (f'<figure><svg class="chart histogram" width="184" height="88" role="img" '
+            f'aria-label="confidence of {esc(label)}">{bars}<line x1="0" y1="70" x2="184" y2="70" stroke="#999"/>'
+            '<text x="0" y="84">0</text>'
+            f'<text x="176" y="84">1</text></svg><figcaption>{esc(label)}: {sum(counts)} images</figcaption></figure>')
+
+
+def review_queue(rows: list[tuple]) -> str:
+    """Cards with a thumbnail per row; images are read in parallel, as they may sit in a bucket."""
+    with ThreadPoolExecutor(8) as pool:
+        thumbs = list(pool.map(thumbnail, [row[0] for row in rows]))
+    cards = []
+    for (uri, label, confidence, margin, runner_up, *_), thumb in zip(rows, thumbs, strict=True):
+        image = (f'<img class="thumb" src="{thumb}" alt="{esc(label)}">' if thumb
+                 else '<div class="noimg">no preview</div>')
+        cards.append(f"<figure>{image}<figcaption><b>{esc(label)}</b> {confidence:.3f}, margin {margin:.3f}"
+                     f"{f', runner-up {esc(runner_up)}' if runner_up else ''}<br>"
+                     f'<span class="uri">{esc(uri)}</span></figcaption></figure>')
+    return f'<div class="queue">{"".join(cards)}</div>'
+
+
+def thumbnail(uri: str) -> str | None:
+    """A data URI of a ~THUMB_PX JPEG of the image, or None when it can no longer be read."""
+    try:
+        img, _ = decode_image(read_bytes(uri), min_side=THUMB_PX)
+    except (OSError, ValueError):
+        return None
+    img.thumbnail((THUMB_PX, THUMB_PX))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=75)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
