@@ -29,15 +29,23 @@ test: install browser  ## lint, then the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-.PHONY: browser bench-query
+.PHONY: browser bench bench-query bench-train
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 browser:  ## Debian's chromium, which the report test renders pages in (once; needs root or sudo)
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+bench: install bench-query  ## labeling speed: ours beside the references, ratios, memory; bf16 vs fp32 agreement
+	$(BIN)/python benchmarks/bench_label.py --images $(or $(IMAGES),2000) --workdir bench-out $(BENCH_ARGS)
+	test -f alexlabel-demo/model/model.pt || $(BIN)/alexlabel demo
+	$(BIN)/python benchmarks/bench_precision.py alexlabel-demo/model/model.pt alexlabel-demo/data
+
 bench-query: install  ## time query --summary and --review 100 over 1 million label rows (target: 2 s each)
 	$(BIN)/python benchmarks/query_bench.py
+
+bench-train: install  ## training images/s, synthetic vs JPEG loading, eager vs compiled (meant for a GPU)
+	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -11,6 +11,7 @@ from alexlabel.cli import main
 from schemas.checkpoint import load_checkpoint
 from trainer.calibrate import expected_calibration_error, fit_temperature
 from trainer.data import DataError, list_image_folder
+from trainer.evaluate import format_confusion
 from trainer.models import build_model
 
 
@@ -39,7 +40,7 @@ def test_temperature_fit_lowers_calibration_error_of_overconfident_logits():
     assert expected_calibration_error(logits, labels, t) < expected_calibration_error(logits, labels) / 2
 
 
-def test_evaluate_prints_accuracy_and_writes_json(checkpoint, sample_dir, tmp_path):
+def test_evaluate_prints_accuracy_and_the_confusion_matrix_and_writes_json(checkpoint, sample_dir, tmp_path):
     report = tmp_path / "report.json"
     result = CliRunner().invoke(main, ["evaluate", "--checkpoint", checkpoint, "--data",
                                        os.path.join(sample_dir, "val"), "--json", str(report), "--workers", "0"])
@@ -47,6 +48,23 @@ def test_evaluate_prints_accuracy_and_writes_json(checkpoint, sample_dir, tmp_pa
     assert "16 images: top-1" in result.output
     data = json.loads(report.read_text())
     assert data["images"] == 16 and len(data["confusion"]) == 8 and sum(map(sum, data["confusion"])) == 16
+    lines = result.output.splitlines()
+    at = lines.index("confusion matrix (rows: truth, columns: predicted)")
+    matrix = lines[at + 1:at + 10]
+    assert matrix[0].split() == ["circ", "cros", "diam", "ring", "squa", "star", "stri", "tria"]
+    assert [row.split()[0] for row in matrix[1:]] == list(data["per_class"])
+    assert [[int(n) for n in row.split()[1:]] for row in matrix[1:]] == data["confusion"]
+    assert len({len(line) for line in matrix}) == 1 and lines[at + 10:] == []  # aligned, and last
+
+
+def test_confusion_matrix_numbers_classes_whose_cut_names_collide():
+    assert format_confusion([[3, 1], [0, 12345]], ["tabby_cat", "tabby_catamount"]).splitlines() == [
+        "confusion matrix (rows: truth, columns: predicted)",
+        "                      0     1",
+        "0 tabby_cat           3     1",
+        "1 tabby_catamount     0 12345"]
+    assert format_confusion([[0] * 41] * 41, [f"c{i}" for i in range(41)]) == \
+        "confusion matrix: 41 classes are too many to print; --json writes it"
 
 
 def test_empty_class_folder_stops_before_training(tmp_path):
@@ -75,6 +93,16 @@ def weight_change(output) -> float:
     start = build_model("alexnet_small", 8, width=8, dropout=0.0).state_dict()
     end = torch.load(os.path.join(output, "last.pt"), weights_only=True)["model"]
     return math.sqrt(sum((end[k] - start[k]).square().sum().item() for k in start))
+
+
+def test_train_prints_the_calibration_error_before_and_after_the_temperature(sample_dir, tmp_path):
+    result = train_small(sample_dir, tmp_path)
+    assert result.exit_code == 0, result.output
+    manifest = load_checkpoint(str(tmp_path / "model.pt"))[1]
+    m = manifest.metrics
+    assert f"temperature {manifest.temperature:.2f} (expected calibration error {m['ece_before']:.3f} -> " \
+           f"{m['ece_after']:.3f})" in result.output.splitlines()[-1]
+    assert m["ece_before"] != m["ece_after"]
 
 
 def test_clip_grad_norm_bounds_every_update(sample_dir, tmp_path):

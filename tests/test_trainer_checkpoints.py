@@ -35,7 +35,9 @@ def assert_same_training(a, b) -> None:
     for p in la["optimizer"]["state"]:
         assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(lb["optimizer"]["state"][p][k]))
                    for k, v in la["optimizer"]["state"][p].items())
-    assert la["scheduler"] == lb["scheduler"] and torch.equal(la["torch_rng"], lb["torch_rng"])
+    assert la["scheduler"] == lb["scheduler"] and len(la["rng"]) == len(lb["rng"])
+    assert all(torch.equal(ra["torch"], rb["torch"]) and ra["python"] == rb["python"]
+               for ra, rb in zip(la["rng"], lb["rng"], strict=True))
     fields = ("epoch", "val_loss", "val_top1", "val_top5", "lr")
     assert [[r[f] for f in fields] for r in metrics(a)] == [[r[f] for f in fields] for r in metrics(b)]
     assert load_checkpoint(os.path.join(a, "model.pt"))[1].model_version == \

@@ -64,14 +64,29 @@ def test_augmentation_follows_the_sample_seed_and_leaves_the_global_rng_alone(tm
 
 
 def test_epoch_sampler_order_depends_on_seed_and_epoch_and_resumes_mid_epoch():
-    sampler = EpochSampler(10, seed=0)
+    sampler = EpochSampler(10, seed=0, batch_size=4)
     epoch0 = list(sampler)
     sampler.set_epoch(1)
     epoch1 = list(sampler)
-    assert sorted(i for i, _ in epoch0) == list(range(10)) and epoch0 != epoch1
-    assert list(EpochSampler(10, seed=1)) != epoch0
-    sampler.set_epoch(1, start=4)
-    assert list(sampler) == epoch1[4:] and len(sampler) == 6
+    assert [len(b) for b in epoch0] == [4, 4, 2] and len(sampler) == 3
+    assert sorted(i for batch in epoch0 for i, _ in batch) == list(range(10)) and epoch0 != epoch1
+    assert list(EpochSampler(10, seed=1, batch_size=4)) != epoch0
+    sampler.set_epoch(1, start=1)
+    assert list(sampler) == epoch1[1:] and len(sampler) == 2
+
+
+def test_epoch_sampler_shards_each_batch_across_processes():
+    whole = list(EpochSampler(10, seed=3, batch_size=4))
+    shards = [EpochSampler(10, seed=3, batch_size=4, rank=r, world=3) for r in range(3)]
+    for shard in shards:
+        shard.set_epoch(0, start=1)  # a mid-epoch resume, as in one process
+    batches = [list(shard) for shard in shards]
+    assert [len(b) for b in batches] == [2, 2, 2]  # every process the same number of batches
+    for step, batch in enumerate(whole[1:]):
+        parts = [b[step] for b in batches]
+        assert sorted(key for part in parts for key in part) == sorted(batch)  # together: one process's batch
+        assert parts == [batch[r::3] for r in range(3)]
+    assert batches[2][1] == []  # the last batch has 2 samples: rank 2's share is empty, and it still steps
 
 
 def test_pca_lighting_adds_alexnets_rgb_shift_before_normalization_in_float():

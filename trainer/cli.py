@@ -7,10 +7,12 @@ import torch
 
 from schemas.errors import UserError
 from schemas.storage import atomic_write_bytes
+from trainer import distributed
 from trainer.data import CROPS, list_image_folder, loader
-from trainer.evaluate import accuracy_report, load_model, predict
+from trainer.distributed import World, pick_device
+from trainer.evaluate import accuracy_report, format_confusion, load_model, predict
 from trainer.models import ARCHS
-from trainer.train import SCHEDULES, TrainConfig, pick_device, train
+from trainer.train import SCHEDULES, TrainConfig, train
 from trainer.weights import IMAGENET_EVAL, import_weights
 
 
@@ -32,7 +34,8 @@ from trainer.weights import IMAGENET_EVAL, import_weights
 @click.option("--pca-lighting", type=float, default=0.0, show_default=True,
               help="Std of AlexNet's PCA colour noise on training images (paper: 0.1); 0 is off.")
 @click.option("--epochs", type=int, default=90, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True,
+              help="Global batch: data-parallel processes each take an equal share of it.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
@@ -51,7 +54,11 @@ from trainer.weights import IMAGENET_EVAL, import_weights
               help="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 adds a gradient scaler.")
 @click.option("--compile", is_flag=True, help="torch.compile the model (slow start, faster steps on GPUs).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader decode processes.")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="DataLoader decode processes, per training process.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel training processes on this machine: one per GPU (nccl), or on a CPU processes "
+              "sharing the cores (gloo). For several machines, launch with torchrun instead.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--save-every-steps", type=int, default=0, show_default=True,
               help="Also write last.pt every N batches (0: at epoch ends only).")
@@ -60,15 +67,22 @@ from trainer.weights import IMAGENET_EVAL, import_weights
 @click.option("--stop-after-steps", type=int, default=0, show_default=True,
               help="End this run at batch N, counted over all epochs, with last.pt saved; --resume continues.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUTPUT/last.pt.")
-def train_command(width, dropout, **kw):
-    """Train an AlexNet classifier and export an inference checkpoint (OUTPUT/model.pt)."""
-    arch_kwargs = {"dropout": dropout, **({"width": width} if width else {})}
-    manifest = train(TrainConfig(arch_kwargs=arch_kwargs, **kw))
+def train_command(width, dropout, nproc, **kw):
+    """Train an AlexNet classifier and export an inference checkpoint (OUTPUT/model.pt).
+
+    Under torchrun, every process runs this command: `torchrun --nproc-per-node 8 $(which alexlabel) train ...`.
+    """
+    cfg = TrainConfig(arch_kwargs={"dropout": dropout, **({"width": width} if width else {})}, **kw)
+    manifest = distributed.spawn(train, cfg, nproc) if nproc > 1 else train(cfg)
+    if not World.from_env().main:
+        return
     if manifest is None:
         click.echo(f"stopped before the first epoch ended; continue with --resume --output {kw['output']}")
         return
-    click.echo(f"wrote {kw['output']}/model.pt: val top-1 {manifest.metrics['val_top1']:.3f}, "
-               f"temperature {manifest.temperature:.2f}, model_version {manifest.model_version}")
+    m = manifest.metrics
+    click.echo(f"wrote {kw['output']}/model.pt: val top-1 {m['val_top1']:.3f}, temperature {manifest.temperature:.2f} "
+               f"(expected calibration error {m['ece_before']:.3f} -> {m['ece_after']:.3f}), "
+               f"model_version {manifest.model_version}")
 
 
 @click.command("import-weights")
@@ -99,7 +113,7 @@ def import_weights_command(state_dict, arch, classes_file, output, resize, crop)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 def evaluate_command(checkpoint, data, json_out, device, batch_size, workers):
-    """Top-1, top-5 and per-class accuracy of a checkpoint on a labelled image folder."""
+    """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a labelled image folder."""
     torch_device = pick_device(device)
     module, manifest = load_model(checkpoint, torch_device)
     _, samples = list_image_folder(data, manifest.class_names)
@@ -110,5 +124,6 @@ def evaluate_command(checkpoint, data, json_out, device, batch_size, workers):
     click.echo(f"{report['images']} images: top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}")
     for name, acc in report["per_class"].items():
         click.echo(f"  {name:<24} {acc:.4f}")
+    click.echo(format_confusion(report["confusion"], manifest.class_names))
     if json_out:
         atomic_write_bytes(json_out, json.dumps(report, indent=2).encode())

@@ -4,6 +4,8 @@ Images are decoded with the shared image contract (schemas.preprocess) and kept 
 reaches the model, where it is normalized once. An image that cannot be read mid-epoch is dropped
 from its batch and counted, never a crash.
 """
+import math
+
 import fsspec
 import pyarrow as pa
 import pyarrow.csv
@@ -149,27 +151,32 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Shuffle order and per-sample augmentation seeds as a function of (seed, epoch) alone.
+    """Batches of (index, augmentation seed) whose order and seeds are a function of (seed, epoch) alone.
 
     So a resumed run, even one resumed mid-epoch, sees exactly the batches and crops an uninterrupted
-    run would have seen, with any number of workers.
+    run would have seen, with any number of workers. With `world` processes, rank r takes every world-th
+    sample of each batch, as DistributedSampler would: together they see one process's batches, and every
+    process gets the same number of batches (a share may be short, or empty), so none waits on the others.
     """
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
+    def __init__(self, size: int, seed: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.size, self.seed, self.batch_size, self.rank, self.world = size, seed, batch_size, rank, world
+        self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Iterate `epoch`'s order from its `start`-th sample on."""
+        """Iterate `epoch`'s batches from its `start`-th batch on."""
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return math.ceil(self.size / self.batch_size) - self.start
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # distinct per (seed, epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         seeds = torch.randint(2**62, (self.size,), generator=generator).tolist()
-        return iter(list(zip(order, seeds, strict=True))[self.start:])
+        keys = list(zip(order, seeds, strict=True))
+        for first in range(self.start * self.batch_size, self.size, self.batch_size):
+            yield keys[first:first + self.batch_size][self.rank::self.world]
 
 
 def collate(items):
@@ -181,13 +188,14 @@ def collate(items):
 
 
 def loader(samples, transform, min_side: int, batch_size: int, workers: int,
-           sampler=None) -> torch.utils.data.DataLoader:
-    """Batches in sample order, or in the sampler's.
+           batch_sampler: EpochSampler | None = None) -> torch.utils.data.DataLoader:
+    """Batches of batch_size in sample order, or the batch sampler's batches.
 
     The loader's own generator seeds the workers (torch seeds their torch, random and numpy RNGs from it),
     so starting an epoch draws nothing from torch's global RNG, which last.pt saves and restores.
     """
+    batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size}
     return torch.utils.data.DataLoader(
-        ImageDataset(samples, transform, min_side), batch_size=batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=collate, generator=torch.Generator().manual_seed(0), persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available())
+        ImageDataset(samples, transform, min_side), num_workers=workers, collate_fn=collate,
+        generator=torch.Generator().manual_seed(0), persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(), **batching)

@@ -47,3 +47,27 @@ def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, class_names: lis
         "per_class": {name: float(acc) for name, acc in zip(class_names, per_class, strict=False)},
         "confusion": confusion.tolist(),
     }
+
+
+def format_confusion(confusion: list[list[int]], class_names: list[str], max_classes: int = 40) -> str:
+    """The confusion matrix as aligned text: rows truth, columns predicted.
+
+    Column heads are the class names cut to the column width; where cut names would collide, columns and
+    rows are numbered instead. Past max_classes the matrix is too wide to read on a terminal: the JSON
+    report has it.
+    """
+    n = len(class_names)
+    if n > max_classes:
+        return f"confusion matrix: {n} classes are too many to print; --json writes it"
+    width = max(4, len(str(max(map(max, confusion)))), len(str(n - 1)))
+    heads = [name[:width] for name in class_names]
+    numbered = len(set(heads)) < n
+    if numbered:
+        heads = [str(i) for i in range(n)]
+    rows = [f"{i} {name}" if numbered else name for i, name in enumerate(class_names)]
+    label = min(24, max(map(len, rows)))
+    lines = ["confusion matrix (rows: truth, columns: predicted)",
+             " " * label + "".join(f" {head:>{width}}" for head in heads)]
+    lines += [f"{row[:label]:<{label}}" + "".join(f" {c:>{width}}" for c in counts)
+              for row, counts in zip(rows, confusion, strict=True)]
+    return "\n".join(lines)

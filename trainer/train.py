@@ -8,6 +8,11 @@ as a labels table filtered to its accepted rows. Writes under OUTPUT:
 - best-epochNNN-top1-X.XXX.pt: the keep_best best epochs, in the same format;
 - metrics.jsonl: one row per epoch.
 Every file is written atomically (schemas.storage), so a crash leaves the previous version readable.
+
+Data-parallel (torchrun, or `alexlabel train --nproc N`; see trainer.distributed): --batch-size is the
+global batch, split across the processes, so a recipe means the same steps at any process count. Each
+process validates its share of the val set and the logits are gathered, so every process holds the same
+metrics (the plateau schedule and the best-epoch choice agree) and rank 0 calibrates on all of them.
 """
 import io
 import json
@@ -28,8 +33,10 @@ from schemas.checkpoint import Manifest, load_checkpoint, save_checkpoint
 from schemas.errors import UserError
 from schemas.preprocess import Preprocess
 from schemas.storage import atomic_write_bytes, read_bytes
+from trainer import distributed
 from trainer.calibrate import expected_calibration_error, fit_temperature
 from trainer.data import EpochSampler, list_image_folder, loader, manifest_samples, pca_lighting, train_transform
+from trainer.distributed import World
 from trainer.evaluate import accuracy_report, predict
 from trainer.models import build_model
 
@@ -51,7 +58,7 @@ class TrainConfig:
     crop: str = "random-resized"   # training crop: random-resized, or paper (resize, then random image_size crop)
     pca_lighting: float = 0.0      # std of AlexNet's PCA colour noise (paper: 0.1); 0 is off
     epochs: int = 90
-    batch_size: int = 128
+    batch_size: int = 128          # global: split across data-parallel processes
     optimizer: str = "sgd"         # sgd (paper: momentum 0.9, weight decay 5e-4) or adamw
     lr: float = 0.01
     momentum: float = 0.9
@@ -82,14 +89,6 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.amp != "off" and cfg.amp not in AMP_DTYPES:
         raise UserError(f"unknown amp {cfg.amp!r}; use auto, bf16, fp16 or off")
     return AMP_DTYPES.get(cfg.amp)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def training_data(cfg: TrainConfig) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
@@ -147,52 +146,74 @@ def make_schedulers(cfg: TrainConfig, optimizer, steps_per_epoch: int) -> tuple:
 
 
 def train(cfg: TrainConfig) -> Manifest | None:
-    """Train, export the best epoch; returns model.pt's manifest, or None if stopped before any epoch ended."""
+    """Train, export the best epoch; returns model.pt's manifest, or None if stopped before any epoch ended
+    (or in a data-parallel process other than rank 0)."""
+    world, device = distributed.join(cfg.device)
+    try:
+        return run(cfg, world, device)
+    finally:
+        distributed.leave()
+
+
+def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None:
+    say = print if world.main else lambda *_: None  # one process reports for all
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    device = pick_device(cfg.device)
     dtype = amp_dtype(cfg, device)
     pre = Preprocess(resize=cfg.resize or round(cfg.image_size * 256 / 224), crop=cfg.image_size)
     classes, train_samples, val_samples = training_data(cfg)
-    sampler = EpochSampler(len(train_samples), cfg.seed)
+    if world.size > min(cfg.batch_size, len(val_samples)):
+        raise UserError(f"{world.size} processes need --batch-size and the val set to be at least {world.size}")
+    sampler = EpochSampler(len(train_samples), cfg.seed, cfg.batch_size, world.rank, world.size)
     train_loader = loader(train_samples, train_transform(pre, cfg.crop), pre.resize, cfg.batch_size, cfg.workers,
                           sampler)
-    val_loader = loader(val_samples, pre.eval_tensor, pre.resize, cfg.batch_size, cfg.workers)
+    val_loader = loader(val_samples[world.rank::world.size], pre.eval_tensor, pre.resize, cfg.batch_size,
+                        cfg.workers)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     model = build_model(cfg.arch, len(classes), **cfg.arch_kwargs).to(device, memory_format=memory_format)
+    if world.rank:  # the same initial weights everywhere, then each process its own dropout and lighting noise
+        torch.manual_seed(cfg.seed + world.rank)
+        random.seed(cfg.seed + world.rank)
     if cfg.compile:
         model.compile()  # in place, so state_dict keys stay those of the plain model
+    net = distributed.replicate(model, device)  # what trains; `model` is what is saved and validated
     optimizer = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(train_samples) / cfg.batch_size)
     scheduler, plateau = make_schedulers(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # a no-op unless fp16
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
     resumable = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "plateau": plateau,
                  "scaler": scaler}
     state = {"epoch": 0, "step": 0, "best_top1": -1.0, "kept": [], "run_id": uuid.uuid4().hex[:12], "metrics": []}
     if cfg.resume:
-        state = resume(cfg.output, resumable)
+        state = resume(cfg.output, resumable, world)
     best = None
-    print(f"training {cfg.arch} on {len(train_samples)} images, {len(classes)} classes, {device}"
-          f"{' ' + str(dtype).removeprefix('torch.') if dtype else ''}; validating on {len(val_samples)}")
+    say(f"training {cfg.arch} on {len(train_samples)} images, {len(classes)} classes, {device}"
+        f"{' ' + str(dtype).removeprefix('torch.') if dtype else ''}"
+        f"{f' x {world.size} processes' if world.size > 1 else ''}; validating on {len(val_samples)}")
 
     for epoch in range(state["epoch"], cfg.epochs):
-        sampler.set_epoch(epoch, start=state["step"] * cfg.batch_size)  # mid-epoch resume skips what was done
-        model.train()
-        seen, skipped, losses, t0 = 0, 0, [], time.perf_counter()
+        sampler.set_epoch(epoch, start=state["step"])  # mid-epoch resume skips the batches already done
+        net.train()
+        seen, skipped, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", initial=state["step"],
-                   total=steps_per_epoch, leave=False, disable=None)
+                   total=steps_per_epoch, leave=False, disable=None if world.main else True)
         for x, y, bad in bar:
             state["step"] += 1
             skipped += bad
-            if len(y):
+            count = round(distributed.all_sum([len(y)], device)[0])  # the batch's readable images, all processes
+            if count:
+                if not len(y):  # this process's share was unreadable; it still joins DDP's gradient averaging
+                    x = torch.zeros(0, 3, pre.crop, pre.crop, dtype=torch.uint8)
                 x = pre.normalize(x.to(device, non_blocking=True))
                 if cfg.pca_lighting:  # on the normalized float batch, where it is exact (see pca_lighting)
                     x = pca_lighting(x, pre.std, cfg.pca_lighting)
                 x, y = x.contiguous(memory_format=memory_format), y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    loss = criterion(model(x), y)
+                    batch_loss = criterion(net(x), y)
+                # DDP averages the processes' gradients: scaled so, they are those of the mean over all `count`
+                loss = batch_loss * world.size / count
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.clip_grad_norm:
@@ -204,49 +225,59 @@ def train(cfg: TrainConfig) -> Manifest | None:
                 if scaler.get_scale() >= scale:  # the schedule counts applied updates only
                     scheduler.step()
                 seen += len(y)
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}",
+                loss_sum += batch_loss.item()
+                bar.set_postfix(loss=f"{batch_loss.item() / max(1, len(y)):.3f}",
+                                lr=f"{scheduler.get_last_lr()[0]:.2g}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}")
             done = epoch * steps_per_epoch + state["step"]
             if state["step"] < steps_per_epoch and (done == cfg.stop_after_steps or
                                                     (cfg.save_every_steps and done % cfg.save_every_steps == 0)):
-                save_training_state(cfg.output, resumable, state)
+                save_training_state(cfg.output, resumable, state, world)
                 if done == cfg.stop_after_steps:
                     break
         if state["step"] < steps_per_epoch:
-            print(f"stopped after {done} steps, in epoch {epoch + 1}; continue with --resume")
+            say(f"stopped after {done} steps, in epoch {epoch + 1}; continue with --resume")
             break
-        logits, labels = predict(model, val_loader, pre, device, dtype)
+        seen, skipped, loss_sum = distributed.all_sum([seen, skipped, loss_sum], device)
+        logits, labels = validate(model, val_loader, pre, device, dtype)
         report = accuracy_report(logits, labels, classes)
-        row = {"epoch": epoch + 1, "loss": sum(losses) / len(losses) if losses else math.nan,
+        row = {"epoch": epoch + 1, "loss": loss_sum / seen if seen else math.nan,
                "val_loss": torch.nn.functional.cross_entropy(logits, labels).item(), "val_top1": report["top1"],
                "val_top5": report["top5"], "lr": scheduler.get_last_lr()[0],
-               "images_per_second": seen / (time.perf_counter() - t0), "skipped_images": skipped}
+               "images_per_second": seen / (time.perf_counter() - t0), "skipped_images": round(skipped)}
         if plateau:
             plateau.step(row[cfg.plateau_metric])
         state["metrics"].append(row)
-        print(f"epoch {row['epoch']}/{cfg.epochs}: loss {row['loss']:.3f}  val loss {row['val_loss']:.3f}  "
-              f"top-1 {row['val_top1']:.3f}  top-5 {row['val_top5']:.3f}  lr {row['lr']:.2g}  "
-              f"{row['images_per_second']:.0f} img/s" + (f"  ({skipped} unreadable images skipped)" if skipped else ""))
+        say(f"epoch {row['epoch']}/{cfg.epochs}: loss {row['loss']:.3f}  val loss {row['val_loss']:.3f}  "
+            f"top-1 {row['val_top1']:.3f}  top-5 {row['val_top5']:.3f}  lr {row['lr']:.2g}  "
+            f"{row['images_per_second']:.0f} img/s"
+            + (f"  ({row['skipped_images']} unreadable images skipped)" if skipped else ""))
 
         improved = report["top1"] > state["best_top1"]
         name = f"best-epoch{epoch + 1:03d}-top1-{report['top1']:.3f}.pt"
         kept, dropped = rank_best(state["kept"], [name, report["top1"]], cfg.keep_best)
         targets = (["model.pt"] if improved else []) + ([name] if [name, report["top1"]] in kept else [])
-        if targets:
+        if targets and world.main:
             exported = export(cfg, model, classes, pre, logits, labels, report, state["run_id"], targets)
             best = exported if improved else best
         state.update(epoch=epoch + 1, step=0, best_top1=max(report["top1"], state["best_top1"]), kept=kept)
-        save_training_state(cfg.output, resumable, state)
-        remove(cfg.output, dropped)  # after last.pt stopped naming them
-        metrics_lines = "".join(json.dumps(r) + "\n" for r in state["metrics"])
-        atomic_write_bytes(f"{cfg.output}/metrics.jsonl", metrics_lines.encode())
+        save_training_state(cfg.output, resumable, state, world)
+        if world.main:
+            remove(cfg.output, dropped)  # after last.pt stopped naming them
+            metrics_lines = "".join(json.dumps(r) + "\n" for r in state["metrics"])
+            atomic_write_bytes(f"{cfg.output}/metrics.jsonl", metrics_lines.encode())
         if (epoch + 1) * steps_per_epoch == cfg.stop_after_steps:
-            print(f"stopped after epoch {epoch + 1}; continue with --resume")
+            say(f"stopped after epoch {epoch + 1}; continue with --resume")
             break
-    if best is None and state["best_top1"] >= 0:
+    if best is None and state["best_top1"] >= 0 and world.main:
         best = load_checkpoint(f"{cfg.output}/model.pt")[1]
     return best
+
+
+def validate(model, val_loader, pre, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of the whole val set: this process's share, gathered from every process."""
+    shares = distributed.all_gather(predict(model, val_loader, pre, device, dtype))
+    return torch.cat([logits for logits, _ in shares]), torch.cat([labels for _, labels in shares])
 
 
 def rank_best(kept: list, candidate: list, k: int) -> tuple[list, list[str]]:
@@ -279,30 +310,36 @@ def remove(output: str, names: list[str]) -> None:
             fs.rm(f"{root}/{name}")
 
 
-def save_training_state(output: str, resumable: dict, state: dict) -> None:
-    """last.pt: what an exact resume needs, down to the RNGs and the position in the epoch."""
+def save_training_state(output: str, resumable: dict, state: dict, world: World) -> None:
+    """last.pt: what an exact resume needs, down to every process's RNGs and the position in the epoch."""
+    rngs = distributed.all_gather({
+        "torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+    if not world.main:
+        return
     buf = io.BytesIO()
     torch.save({**{name: part.state_dict() for name, part in resumable.items() if part is not None},
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python_rng": json.dumps(random.getstate()), "state": json.dumps(state)}, buf)
+                "rng": rngs, "state": json.dumps(state)}, buf)
     atomic_write_bytes(f"{output}/last.pt", buf.getvalue())
 
 
-def resume(output: str, resumable: dict) -> dict:
+def resume(output: str, resumable: dict, world: World) -> dict:
     """Load last.pt into the model, optimizer, schedulers and scaler, restore the RNGs; returns the loop state."""
     try:
         saved = torch.load(io.BytesIO(read_bytes(f"{output}/last.pt")), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"--resume: {output}/last.pt does not exist; train without --resume first") from None
     try:
+        if len(saved["rng"]) != world.size:
+            raise ValueError(f"it was written by {len(saved['rng'])} processes, this run has {world.size}")
         for name, part in resumable.items():
             if part is not None:
                 part.load_state_dict(saved[name])
-        torch.set_rng_state(saved["torch_rng"])
-        if saved["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        version, internal, gauss = json.loads(saved["python_rng"])
+        rng = saved["rng"][world.rank]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        version, internal, gauss = json.loads(rng["python"])
         random.setstate((version, tuple(internal), gauss))
         return json.loads(saved["state"])
     except (KeyError, ValueError, RuntimeError) as e:
