@@ -25,8 +25,9 @@ from schemas.tables import TABLES, bigquery_schema
               help="decision is 'accept' at or above this confidence, else 'review'.")
 @click.option("--min-batch-size", type=int, default=1, show_default=True)
 @click.option("--max-batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="DirectRunner: worker processes, each with a model copy and cores/N torch threads.")
+@click.option("--workers", type=int, default=0,
+              help="DirectRunner: bundles labeled in parallel (threads sharing one model, cores/N torch "
+                   "threads each). Default: one per core.")
 @click.option("--extensions", default=",".join(DEFAULT_EXTENSIONS), show_default=True,
               help="Comma-separated file extensions to label (case-insensitive).")
 @click.option("--skip-existing", is_flag=True,

@@ -36,7 +36,7 @@ class LabelOptions:
     accept_threshold: float = 0.5     # decision = accept when confidence >= this, else review
     min_batch_size: int = 1
     max_batch_size: int = 64
-    workers: int = 1                  # DirectRunner: processes, each with its own model and cores/workers threads
+    workers: int = 0                  # DirectRunner: parallel bundles (threads sharing one model); 0: one per core
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     skip_existing: bool = False       # resume: leave out inputs this model version already labeled or errored
     retry_errors: bool = False        # with skip_existing: try inputs that only have an errors row again
@@ -72,8 +72,9 @@ class LabelOptions:
             raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
         if not 0.0 <= self.accept_threshold <= 1.0:
             raise UsageError(f"--accept-threshold must be between 0 and 1, got {self.accept_threshold}")
-        if self.workers < 1:
-            raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be at least 1 (or 0: one per core), got {self.workers}")
+        self.workers = self.workers or os.cpu_count() or 1
         if not 1 <= self.min_batch_size <= self.max_batch_size:
             raise UsageError(f"batch sizes need 1 <= min <= max, got min={self.min_batch_size} "
                              f"max={self.max_batch_size}")
@@ -125,7 +126,9 @@ class LabelOptions:
         """The Beam pipeline options this run maps to; user's extra Beam args come last and win."""
         flags = [f"--runner={self.runner}"]
         if self.runner == "DirectRunner" and self.workers > 1:
-            flags += [f"--direct_num_workers={self.workers}", "--direct_running_mode=multi_processing"]
+            # Threads, not processes: one model copy, no data shipped between processes, and PIL's decode
+            # and torch's kernels release the GIL, so one bundle decodes while another runs the model.
+            flags += [f"--direct_num_workers={self.workers}", "--direct_running_mode=multi_threading"]
         if self.runner == "DataflowRunner":
             temp = self.temp_location.rstrip("/")
             flags += [f"--project={self.project}", f"--region={self.region}", f"--temp_location={temp}",
@@ -150,8 +153,9 @@ class LabelOptions:
         return flags + list(self.beam_args)
 
     def torch_threads(self) -> int:
-        """processes x threads = cores, so decoding in one process overlaps inference in another."""
-        return max(1, (os.cpu_count() or 1) // self.workers) if self.runner == "DirectRunner" else 0
+        """workers x torch threads = cores, so the machine is busy without oversubscription."""
+        cores = os.cpu_count() or 1
+        return max(1, cores // (self.workers or cores)) if self.runner == "DirectRunner" else 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -5,7 +5,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.read import read_uri
-from schemas.preprocess import Preprocess, decode_image
+from schemas.preprocess import Preprocess, eval_tensor_from_bytes
 from schemas.redact import redact
 
 ERRORS_TAG = "errors"
@@ -21,7 +21,7 @@ def error_record(uri: str, stage: str, exc: BaseException, size_bytes: int | Non
 class PrepareImage(beam.DoFn):
     """Read, decode (JPEG draft mode, EXIF orientation, bomb check), resize and crop on uint8.
 
-    Each failure becomes a tagged error record naming the stage: read, decode or preprocess.
+    Each failure becomes a tagged error record naming the stage: read, or decode (which covers resizing).
     """
 
     def __init__(self, preprocess: Preprocess):
@@ -36,9 +36,7 @@ class PrepareImage(beam.DoFn):
             stage = "decode"
             if not data:
                 raise ValueError("file is empty")
-            image, (width, height) = decode_image(data, min_side=self.preprocess.resize)
-            stage = "preprocess"
-            tensor = self.preprocess.eval_tensor(image)
+            tensor, (width, height) = eval_tensor_from_bytes(data, self.preprocess)
         except Exception as e:  # bad data becomes an error row, never a crash
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(uri, stage, e, size))

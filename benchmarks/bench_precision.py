@@ -40,7 +40,7 @@ def main():
         for i in range(0, len(examples), args.batch):
             preds += [p.inference["indices"][0] for p in handler.run_inference(examples[i:i + args.batch], model)]
         results[precision] = {"top1": preds, "images_per_s": len(examples) / (time.perf_counter() - t0),
-                              "autocast": str(model.amp_dtype)}
+                              "dtype": str(model.dtype)}
     agree = sum(a == b for a, b in zip(results["fp32"]["top1"], results["bf16"]["top1"], strict=True)) / len(examples)
     summary = {"images": len(examples), "top1_agreement": round(agree, 5),
                **{p: {k: v for k, v in r.items() if k != "top1"} for p, r in results.items()}}

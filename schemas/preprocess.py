@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,21 +50,31 @@ class Preprocess:
         return cls(resize=int(d["resize"]), crop=int(d["crop"]), interpolation=d.get("interpolation", "bilinear"),
                    mean=tuple(d.get("mean", IMAGENET_MEAN)), std=tuple(d.get("std", IMAGENET_STD)))
 
-    def eval_tensor(self, img: Image.Image) -> torch.Tensor:
-        """Resize the shorter side to `resize`, center-crop `crop`: a uint8 CHW tensor of crop x crop.
-
-        Same geometry as torchvision's Resize + CenterCrop, done as one resize of just the source box that
-        becomes the crop: the work (and memory) is crop x crop whatever the image's size or aspect ratio.
-        """
-        w, h = img.size
+    def resize_plan(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """torchvision's Resize + CenterCrop geometry: resized (width, height) and the crop's (left, top)."""
         if w <= h:
             new_w, new_h = self.resize, int(self.resize * h / w)
         else:
             new_w, new_h = int(self.resize * w / h), self.resize
-        left, top = round((new_w - self.crop) / 2), round((new_h - self.crop) / 2)
+        return new_w, new_h, round((new_w - self.crop) / 2), round((new_h - self.crop) / 2)
+
+    def eval_tensor(self, img: Image.Image) -> torch.Tensor:
+        """Resize the shorter side to `resize`, center-crop `crop`: a uint8 CHW tensor of crop x crop.
+
+        Done as one resize of just the source box that becomes the crop: the work (and memory) is
+        crop x crop whatever the image's size or aspect ratio.
+        """
+        w, h = img.size
+        new_w, new_h, left, top = self.resize_plan(w, h)
         sx, sy = w / new_w, h / new_h  # source pixels per resized pixel
         box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
         return to_uint8_tensor(img.resize((self.crop, self.crop), INTERPOLATIONS[self.interpolation], box=box))
+
+    def eval_tensor_chw(self, x: torch.Tensor) -> torch.Tensor:
+        """The same transform on a uint8 CHW tensor, with torch's antialiased uint8 kernel (bilinear only)."""
+        new_w, new_h, left, top = self.resize_plan(x.shape[2], x.shape[1])
+        y = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", antialias=True)[0]
+        return y[:, top:top + self.crop, left:left + self.crop].contiguous()
 
     def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """uint8 NCHW batch -> normalized float batch, on the batch's device."""
@@ -75,13 +87,28 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def decode_image(data: bytes, min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode any Pillow format to upright RGB; also return the upright size stored in the file.
+def eval_tensor_from_bytes(data: bytes, pre: Preprocess) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Stored bytes -> the eval tensor and the upright stored size, by the fastest path to the same pixels.
 
-    JPEG draft mode decodes at a reduced scale whenever both sides stay >= min_side. Raises
-    ImageTooLarge for decompression bombs (checked on the header, before decoding), and Pillow's own
-    errors (UnidentifiedImageError, OSError) for broken files.
+    Upright RGB or gray JPEGs too small for draft mode (most photos near the network's size) decode with
+    libjpeg-turbo straight into a tensor and resize with torch's uint8 kernel: about 30% less CPU than
+    going through a PIL image, and the same pixels to within one level. Every other image, and any JPEG
+    that path refuses, takes the PIL path, which also gives the precise error for a broken file.
     """
+    header = open_image(data)
+    if (header.format == "JPEG" and header.mode in ("RGB", "L") and pre.interpolation == "bilinear"
+            and min(header.size) < 2 * pre.resize and header.getexif().get(ORIENTATION_TAG, 1) == 1):
+        try:
+            x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            return pre.eval_tensor_chw(x), header.size
+        except RuntimeError:
+            pass
+    img, size = decode_image(data, pre.resize)
+    return pre.eval_tensor(img), size
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Pillow's lazy open (header only), refusing bombs before any pixel is decoded."""
     try:
         with warnings.catch_warnings():  # our own limit below decides, with a clearer message
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -90,9 +117,20 @@ def decode_image(data: bytes, min_side: int | None = None) -> tuple[Image.Image,
         raise UnidentifiedImageError(f"not an image format Pillow reads (file starts with {data[:12]!r})") from None
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"{e.args[0].split(' exceeds')[0]} exceeds the limit of {MAX_PIXELS:,}") from None
+    if img.width * img.height > MAX_PIXELS:
+        raise ImageTooLarge(f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS:,}")
+    return img
+
+
+def decode_image(data: bytes, min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode any Pillow format to upright RGB; also return the upright size stored in the file.
+
+    JPEG draft mode decodes at a reduced scale whenever both sides stay >= min_side. Raises
+    ImageTooLarge for decompression bombs (checked on the header, before decoding), and Pillow's own
+    errors (UnidentifiedImageError, OSError) for broken files.
+    """
+    img = open_image(data)
     width, height = img.size
-    if width * height > MAX_PIXELS:
-        raise ImageTooLarge(f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS:,}")
     if img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
         width, height = height, width
     if min_side and img.format == "JPEG":

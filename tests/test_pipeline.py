@@ -2,6 +2,7 @@
 import glob
 import hashlib
 import os
+import re
 import shutil
 
 import pyarrow.parquet as pq
@@ -104,10 +105,12 @@ def test_runs_table_records_the_run(labeled, checkpoint):
     assert '"top_k": 3' in stored["options_json"]
     # Hive-style layout, and nothing but finished Parquet files under the output.
     version = load_checkpoint(checkpoint)[1].model_version
-    files = {os.path.relpath(p, out) for p in glob.glob(f"{out}/**", recursive=True) if os.path.isfile(p)}
-    assert files == {f"runs/model={version}/{row['run_id']}.parquet",
-                     f"labels/model={version}/{row['run_id']}-00000-of-00001.parquet",
-                     f"errors/model={version}/{row['run_id']}-00000-of-00001.parquet"}
+    files = sorted(os.path.relpath(p, out) for p in glob.glob(f"{out}/**", recursive=True) if os.path.isfile(p))
+    shard = re.compile(rf"(labels|errors)/model={version}/{row['run_id']}-(\d{{5}})-of-(\d{{5}})\.parquet")
+    shards = [shard.fullmatch(f) for f in files if not f.startswith("runs/")]
+    assert files[-1] == f"runs/model={version}/{row['run_id']}.parquet" and all(shards) and shards
+    assert {m.group(1) for m in shards} == {"labels", "errors"}
+    assert all(int(m.group(2)) < int(m.group(3)) <= 2 for m in shards)  # few files: one per worker at most
 
 
 def test_tables_read_directly_as_hive_partitioned_datasets(labeled, checkpoint):

@@ -8,7 +8,7 @@ import torch
 from schemas.errors import UserError
 from schemas.storage import atomic_write_bytes
 from trainer import distributed
-from trainer.data import CROPS, list_image_folder, loader
+from trainer.data import CROPS, eval_loader, list_image_folder
 from trainer.distributed import World, pick_device
 from trainer.evaluate import accuracy_report, format_confusion, load_model, predict
 from trainer.models import ARCHS
@@ -118,7 +118,7 @@ def evaluate_command(checkpoint, data, json_out, device, batch_size, workers):
     module, manifest = load_model(checkpoint, torch_device)
     _, samples = list_image_folder(data, manifest.class_names)
     pre = manifest.preprocess
-    logits, labels = predict(module, loader(samples, pre.eval_tensor, pre.resize, batch_size, workers),
+    logits, labels = predict(module, eval_loader(samples, pre, batch_size, workers),
                              pre, torch_device, torch.bfloat16 if torch_device.type == "cuda" else None)
     report = accuracy_report(logits, labels, manifest.class_names)
     click.echo(f"{report['images']} images: top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}")

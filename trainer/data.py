@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms
 
 from schemas.errors import UserError
-from schemas.preprocess import INTERPOLATIONS, Preprocess, decode_image, to_uint8_tensor
+from schemas.preprocess import INTERPOLATIONS, Preprocess, decode_image, eval_tensor_from_bytes, to_uint8_tensor
 from schemas.storage import read_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -130,8 +130,8 @@ class ImageDataset(torch.utils.data.Dataset):
     seed alone, whichever worker (or the main process) decodes the image.
     """
 
-    def __init__(self, samples: list[tuple[str, int]], transform, min_side: int):
-        self.samples, self.transform, self.min_side = samples, transform, min_side
+    def __init__(self, samples: list[tuple[str, int]], transform, min_side: int, eval_pre: Preprocess | None = None):
+        self.samples, self.transform, self.min_side, self.eval_pre = samples, transform, min_side, eval_pre
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -140,6 +140,8 @@ class ImageDataset(torch.utils.data.Dataset):
         i, seed = key if isinstance(key, tuple) else (key, None)
         uri, label = self.samples[i]
         try:
+            if self.eval_pre:  # evaluation: exactly the labeling pipeline's bytes-to-tensor path
+                return eval_tensor_from_bytes(read_bytes(uri), self.eval_pre)[0], label
             img = decode_image(read_bytes(uri), self.min_side)[0]
             if seed is None:
                 return self.transform(img), label
@@ -187,6 +189,11 @@ def collate(items):
     return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), len(items) - len(good)
 
 
+def eval_loader(samples, pre: Preprocess, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    """Evaluation batches, prepared by the same function the labeling pipeline uses."""
+    return _data_loader(ImageDataset(samples, None, pre.resize, eval_pre=pre), workers, {"batch_size": batch_size})
+
+
 def loader(samples, transform, min_side: int, batch_size: int, workers: int,
            batch_sampler: EpochSampler | None = None) -> torch.utils.data.DataLoader:
     """Batches of batch_size in sample order, or the batch sampler's batches.
@@ -195,7 +202,10 @@ def loader(samples, transform, min_side: int, batch_size: int, workers: int,
     so starting an epoch draws nothing from torch's global RNG, which last.pt saves and restores.
     """
     batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size}
+    return _data_loader(ImageDataset(samples, transform, min_side), workers, batching)
+
+
+def _data_loader(dataset: "ImageDataset", workers: int, batching: dict) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        ImageDataset(samples, transform, min_side), num_workers=workers, collate_fn=collate,
-        generator=torch.Generator().manual_seed(0), persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(), **batching)
+        dataset, num_workers=workers, collate_fn=collate, generator=torch.Generator().manual_seed(0),
+        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **batching)

@@ -76,9 +76,11 @@ def build_model(arch: str, num_classes: int, state_dict: dict | None = None, **k
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(sorted(ARCHS))}")
     try:
-        model = ARCHS[arch](num_classes=num_classes, **kwargs)
-        if state_dict is not None:
-            model.load_state_dict(state_dict)
+        if state_dict is None:
+            return ARCHS[arch](num_classes=num_classes, **kwargs)
+        with torch.device("meta"):  # skip random init of ~60M weights that the state dict replaces anyway
+            model = ARCHS[arch](num_classes=num_classes, **kwargs)
+        model.load_state_dict(state_dict, assign=True)
     except (RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"weights or options do not fit {arch} with {num_classes} classes ({first})") from None

@@ -35,7 +35,15 @@ from schemas.preprocess import Preprocess
 from schemas.storage import atomic_write_bytes, read_bytes
 from trainer import distributed
 from trainer.calibrate import expected_calibration_error, fit_temperature
-from trainer.data import EpochSampler, list_image_folder, loader, manifest_samples, pca_lighting, train_transform
+from trainer.data import (
+    EpochSampler,
+    eval_loader,
+    list_image_folder,
+    loader,
+    manifest_samples,
+    pca_lighting,
+    train_transform,
+)
 from trainer.distributed import World
 from trainer.evaluate import accuracy_report, predict
 from trainer.models import build_model
@@ -167,8 +175,7 @@ def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None
     sampler = EpochSampler(len(train_samples), cfg.seed, cfg.batch_size, world.rank, world.size)
     train_loader = loader(train_samples, train_transform(pre, cfg.crop), pre.resize, cfg.batch_size, cfg.workers,
                           sampler)
-    val_loader = loader(val_samples[world.rank::world.size], pre.eval_tensor, pre.resize, cfg.batch_size,
-                        cfg.workers)
+    val_loader = eval_loader(val_samples[world.rank::world.size], pre, cfg.batch_size, cfg.workers)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     model = build_model(cfg.arch, len(classes), **cfg.arch_kwargs).to(device, memory_format=memory_format)
