@@ -72,8 +72,9 @@ def build_streaming(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest) ->
 
 def label_uris(uris, opts: LabelOptions, manifest: Manifest, write, model_updates=None) -> None:
     """URIs -> decoded images -> RunInference -> label rows and error rows, each written by `write(table)`."""
+    low, high = opts.batch_sizes()
     handler = AlexNetModelHandler(opts.checkpoint, device=opts.device, precision=opts.precision, top_k=opts.top_k,
-                                  min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
+                                  min_batch_size=low, max_batch_size=high,
                                   model_copies=opts.gpu_count if opts.device == "gpu" else None,
                                   preprocess=manifest.preprocess, threads=opts.torch_threads())
     images, bad_images = uris | "PrepareImages" >> beam.ParDo(PrepareImage(manifest.preprocess)).with_outputs(

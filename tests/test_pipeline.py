@@ -37,7 +37,8 @@ def labeled(bucket, checkpoint, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("out"))
     # Two overlapping patterns: every file must still be labeled exactly once.
     opts = LabelOptions(inputs=[f"{bucket}/**", f"{bucket}/img_0000*.jpg"], checkpoint=checkpoint, output=out,
-                        top_k=TOP_K, accept_threshold=THRESHOLD, precision="fp32", max_batch_size=5)
+                        top_k=TOP_K, accept_threshold=THRESHOLD, precision="fp32", min_batch_size=1,
+                        max_batch_size=5)
     return out, run(opts)
 
 
