@@ -6,8 +6,8 @@ On the same ImageNet-sized JPEGs (about 500x375) and the same 1000-class torchvi
   (b) reference_beam_example.py: a pipeline written the way Beam's pytorch_image_classification example is,
   (c) reference_torch.py: a plain PyTorch DataLoader loop (2 workers, bf16 autocast, channels_last),
   (d) the model forward alone on in-memory tensors (bf16 autocast, channels_last, batch 64, all cores),
-and prints a/b, a/c, a/d with each run's peak resident memory. --scaling also labels 1,000 and 10,000
-images to show time grows linearly.
+and prints a/b, a/c, a/d with each run's peak resident memory. --scaling also labels 1,000, 10,000 and
+20,000 images to show time grows linearly and memory stays flat in the input size.
 
 Usage: python benchmarks/bench_label.py [--images 2000] [--workdir bench-out] [--scaling]
 """
@@ -107,7 +107,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--workdir", default="bench-out")
-    ap.add_argument("--scaling", action="store_true", help="also label 1,000 and 10,000 images")
+    ap.add_argument("--scaling", action="store_true",
+                    help="also label 1,000, 10,000 and 20,000 images: time should grow linearly, memory stay flat")
     ap.add_argument("label_args", nargs="*", help="extra `alexlabel label` arguments for (a)")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -129,7 +130,7 @@ def main():
                          (("a/b", "b_beam_example"), ("a/c", "c_torch_loop"), ("a/d", "d_forward_only"))}
     if args.scaling:
         results["scaling"] = {}
-        for n in (1000, 10000):
+        for n in (1000, 10000, 20000):
             d = make_images(os.path.join(args.workdir, f"images-{n}"), n)
             results["scaling"][n] = ours(d, checkpoint, os.path.join(args.workdir, f"scale-{n}"), args.label_args)
             print("scaling", n, results["scaling"][n], flush=True)
