@@ -31,3 +31,12 @@ def test_label_and_query_a_gs_bucket(gcs, sample_dir, checkpoint):
 
     summary = CliRunner().invoke(main, ["query", out, "--sql", "SELECT count(*) AS n FROM labels"])
     assert summary.exit_code == 0 and "12" in summary.output
+
+
+def test_a_bucket_that_cannot_be_listed_is_a_one_line_error(gcs, checkpoint, tmp_path):
+    result = CliRunner().invoke(main, ["label", "--input", "gs://no-such-bucket-here/images/**", "--checkpoint",
+                                       checkpoint, "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and "gs://no-such-bucket-here/images/**" in line
+    assert not (tmp_path / "out").exists()
