@@ -107,8 +107,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--workdir", default="bench-out")
-    ap.add_argument("--scaling", action="store_true",
-                    help="also label 1,000, 10,000 and 20,000 images: time should grow linearly, memory stay flat")
+    ap.add_argument("--scaling", type=int, nargs="*", metavar="N",
+                    help="also label N images for each N given (default 1000 10000 20000): time should grow "
+                         "linearly, memory stay flat")
     ap.add_argument("label_args", nargs="*", help="extra `alexlabel label` arguments for (a)")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -128,11 +129,13 @@ def main():
     a = results["a_ours"]["images_per_s"]
     results["ratios"] = {k: round(a / results[v]["images_per_s"], 2) for k, v in
                          (("a/b", "b_beam_example"), ("a/c", "c_torch_loop"), ("a/d", "d_forward_only"))}
-    if args.scaling:
+    if args.scaling is not None:
         results["scaling"] = {}
-        for n in (1000, 10000, 20000):
-            d = make_images(os.path.join(args.workdir, f"images-{n}"), n)
-            results["scaling"][n] = ours(d, checkpoint, os.path.join(args.workdir, f"scale-{n}"), args.label_args)
+        for n in args.scaling or (1000, 10000, 20000):
+            directory = os.path.join(args.workdir, f"images-{n}")
+            make_images(directory, n)
+            results["scaling"][n] = ours(directory, checkpoint, os.path.join(args.workdir, f"scale-{n}"),
+                                         args.label_args)
             print("scaling", n, results["scaling"][n], flush=True)
     print(json.dumps(results, indent=2))
     targets = {"a/b": 4.0, "a/c": 1.2, "a/d": 0.75}
