@@ -27,7 +27,7 @@ LABELS = pa.schema([
 
 ERRORS = pa.schema([
     pa.field("uri", pa.string(), nullable=False),
-    pa.field("stage", pa.string(), nullable=False),  # read / decode / preprocess / infer
+    pa.field("stage", pa.string(), nullable=False),  # read / decode (incl. resize) / infer
     pa.field("error_type", pa.string(), nullable=False),
     pa.field("message", pa.string(), nullable=False),
     pa.field("size_bytes", pa.int64()),
