@@ -23,7 +23,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.errors import UserError
+from schemas.errors import UserError, first_line
 from schemas.storage import as_url, atomic_write_bytes, glob_urls, is_local, read_bytes
 from schemas.tables import TABLES
 
@@ -86,7 +86,7 @@ def sql_errors():
     try:
         yield
     except duckdb.Error as e:
-        raise QueryError(str(e).strip().splitlines()[0]) from None
+        raise QueryError(first_line(e)) from None
 
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, duckdb.DuckDBPyRelation]:

@@ -7,8 +7,8 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from schemas.errors import UserError
-from schemas.redact import first_line, redact
+from schemas.errors import UserError, first_line
+from schemas.redact import redact
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
 MATCHED = Metrics.counter("alexlabel", "matched")

@@ -20,9 +20,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
-from schemas.errors import UserError
-from schemas.redact import first_line, redact
-from schemas.storage import atomic_write_bytes, glob_urls, is_local
+from schemas.errors import UserError, first_line
+from schemas.redact import redact
+from schemas.storage import atomic_write_bytes, glob_urls
 from schemas.tables import TABLES
 
 TEMP_FOLDER = ".beam-temp"  # hidden: pyarrow and most readers skip names starting with "."
@@ -75,10 +75,8 @@ def check_writable(output: str) -> None:
     """Write and delete a probe object, so an unwritable output fails before any work, not at the end."""
     probe = f"{output.rstrip('/')}/.alexlabel-write-probe-{uuid.uuid4().hex}"
     try:
+        atomic_write_bytes(probe, b"ok")  # the same write (folders, temp object, rename) the run will do
         fs, path = fsspec.core.url_to_fs(probe)
-        fs.makedirs(output.rstrip("/") if is_local(fs) else path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "wb") as f:
-            f.write(b"ok")
         fs.rm(path)
     except Exception as e:  # any storage error means the same thing to the user
         raise UserError(f"cannot write to --output {output} ({redact(first_line(e))}); check the path and "

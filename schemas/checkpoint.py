@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from schemas.errors import UserError
+from schemas.errors import UserError, first_line
 from schemas.preprocess import Preprocess
 from schemas.storage import atomic_write_bytes, read_bytes
 
@@ -85,9 +85,9 @@ def load_checkpoint(url: str) -> tuple[dict[str, torch.Tensor], Manifest]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {url} holds objects other than tensors and was refused "
-                              f"(weights_only load: {first}); only load checkpoints written by alexlabel") from None
+                              f"(weights_only load: {first_line(e)}); only load checkpoints written by alexlabel"
+                              ) from None
     except Exception as e:
         raise CheckpointError(f"checkpoint {url} is truncated or not a torch file ({type(e).__name__}); "
                               "re-copy or re-export it") from None

@@ -3,3 +3,9 @@
 
 class UserError(ValueError):
     """Bad input, configuration or data; the message names the problem and the fix in one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first message line, for quoting inside a one-line error (its type if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -15,8 +15,3 @@ def redact(text: str) -> str:
     text = _PATTERNS[0].sub(lambda m: m.group(1) + MASK, text)
     text = _PATTERNS[1].sub(lambda m: m.group(1) + MASK, text)
     return _PATTERNS[2].sub(lambda m: m.group(1) + MASK + m.group(3), text)
-
-
-def first_line(exc: BaseException | str) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

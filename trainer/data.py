@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from schemas.errors import UserError
+from schemas.errors import UserError, first_line
 from schemas.preprocess import INTERPOLATIONS, Preprocess, decode_image, eval_tensor_from_bytes, to_uint8_tensor
 from schemas.storage import read_bytes
 
@@ -66,7 +66,7 @@ def read_manifest(url: str, decision: str | None = None) -> list[tuple[str, str]
         else:
             table = pyarrow.dataset.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table()
     except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"manifest {url} is not a readable CSV or Parquet table ({str(e).splitlines()[0]})") from None
+        raise DataError(f"manifest {url} is not a readable CSV or Parquet table ({first_line(e)})") from None
     needed = ["uri", "label"] + (["decision"] if decision else [])
     if missing := [c for c in needed if c not in table.column_names]:
         raise DataError(f"manifest {url} has no column {', '.join(missing)} (it has {', '.join(table.column_names)})"

@@ -30,7 +30,7 @@ from torch.optim.lr_scheduler import LambdaLR, LinearLR, ReduceLROnPlateau
 from tqdm import tqdm
 
 from schemas.checkpoint import Manifest, load_checkpoint, save_checkpoint
-from schemas.errors import UserError
+from schemas.errors import UserError, first_line
 from schemas.preprocess import Preprocess
 from schemas.storage import atomic_write_bytes, read_bytes
 from trainer import distributed
@@ -350,6 +350,5 @@ def resume(output: str, resumable: dict, world: World) -> dict:
         random.setstate((version, tuple(internal), gauss))
         return json.loads(saved["state"])
     except (KeyError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-        raise UserError(f"--resume: {output}/last.pt does not fit this run's options ({first}); "
+        raise UserError(f"--resume: {output}/last.pt does not fit this run's options ({first_line(e)}); "
                         "resume with the options it was trained with") from None
