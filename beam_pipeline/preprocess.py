@@ -4,6 +4,7 @@ import hashlib
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.heap import bound_heap
 from beam_pipeline.read import read_uri
 from schemas.preprocess import Preprocess, eval_tensor_from_bytes
 from schemas.redact import redact
@@ -27,6 +28,9 @@ class PrepareImage(beam.DoFn):
     def __init__(self, preprocess: Preprocess):
         self.preprocess = preprocess
         self.failed = Metrics.counter("alexlabel", "errored_before_inference")
+
+    def setup(self):
+        bound_heap()  # this worker decodes every image: keep its memory flat in their number
 
     def process(self, uri: str):
         stage, size = "read", None
