@@ -1,8 +1,9 @@
 """RunInference's ModelHandler for alexlabel checkpoints: batches of uint8 tensors -> top-k predictions.
 
 The handler holds only the checkpoint URL and settings (it is pickled to workers); each worker loads
-the weights with weights_only=True, builds the architecture named in the manifest, and normalizes each
-batch as the manifest says. Softmax uses the checkpoint's calibrated temperature.
+the weights with weights_only=True, builds the architecture named in the manifest, and folds the
+manifest's normalization into the first convolution, so a batch goes in as raw pixels with one cast.
+Softmax uses the checkpoint's calibrated temperature.
 """
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from beam_pipeline.raw_pixels import fold_normalization
 from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
 from schemas.errors import UserError
 from schemas.preprocess import Preprocess
@@ -61,6 +63,7 @@ def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto
     dtype = resolve_precision(precision, torch_device)
     # Weights stored in bf16 once, not autocast: autocast re-casts all ~60M weights on every batch, which
     # on a CPU costs more than the convolutions themselves (AlexNet: 3x the throughput without it).
+    module = fold_normalization(module, manifest.preprocess)
     module = module.to(torch_device, dtype=dtype, memory_format=torch.channels_last).eval()
     return Classifier(module, manifest, torch_device, dtype)
 
@@ -89,11 +92,10 @@ class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         metas, tensors = zip(*batch, strict=False)
         manifest = model.manifest
-        x = torch.stack(tensors)
+        x = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
         if model.device.type == "cuda":  # page-locked memory lets the copy overlap the previous batch's work
             x = x.pin_memory()
-        x = x.to(model.device, non_blocking=True)
-        x = manifest.preprocess.normalize(x).to(model.dtype).contiguous(memory_format=torch.channels_last)
+        x = x.to(model.device, non_blocking=True).to(model.dtype)  # pixels 0-255, exact in bf16
         with torch.inference_mode():
             logits = model.module(x).float()
         probs = (logits / manifest.temperature).softmax(dim=1)

@@ -125,22 +125,32 @@ def test_sigkill_mid_run_then_resume_labels_each_input_exactly_once(sample_dir, 
 
 
 HEAP_PROBE = """
-import sys
+import ctypes, sys, tempfile, threading
 from beam_pipeline.heap import bound_heap
-def rss(): return int(open("/proc/self/statm").read().split()[1]) * 4096
-if sys.argv[1] == "bound": assert bound_heap()
-x = b"1" * (16 << 20); del x   # a large buffer freed: glibc's default raises its mmap threshold to its size
-before = rss()
-y = b"1" * (4 << 20); del y    # a batch-sized buffer: handed back to the OS on free, or kept on the heap
-print((rss() - before) >> 20)
+if sys.argv[1] == "bound":
+    assert bound_heap()
+ready = threading.Barrier(6)
+def decode():  # each thread allocates while the others are alive, as PrepareImage's threads do
+    buffers = [bytearray(200_000) for _ in range(4)]
+    ready.wait()
+threads = [threading.Thread(target=decode) for _ in range(6)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile("r") as f:
+    stream = libc.fopen(f.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    print(f.read().count("<heap nr="))
 """
 
 
-def test_bound_heap_hands_batch_buffers_back_to_the_os():
-    """Why memory stays flat over 20,000 images (README "Memory"): PrepareImage.setup bounds the heap.
-    The default run shows what happens without it, so this test can tell the two apart."""
-    def kept_mib(mode: str) -> int:
+def test_bound_heap_keeps_decode_threads_to_two_malloc_arenas():
+    """Why memory stays flat over 20,000 images (README "Memory"): PrepareImage.setup bounds the arenas.
+    The default run shows glibc's behaviour without it, so this test can tell the two apart."""
+    def arenas(mode: str) -> int:
         probe = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, check=True)
         return int(probe.stdout)
-    assert kept_mib("default") >= 3
-    assert kept_mib("bound") == 0
+    assert arenas("default") >= 4
+    assert arenas("bound") == 2

@@ -1,0 +1,34 @@
+"""Folding the normalization into the first convolution gives the normalized model's outputs."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from beam_pipeline.raw_pixels import fold_normalization
+from schemas.preprocess import Preprocess
+from trainer.models import build_model
+
+SMALL = Preprocess(72, 64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
+
+
+@pytest.mark.parametrize("arch, pre", [("alexnet", Preprocess(256, 224)), ("alexnet2012", Preprocess(256, 227)),
+                                       ("alexnet_small", SMALL)])
+def test_folded_model_on_raw_pixels_matches_the_model_on_normalized_pixels(arch, pre):
+    torch.manual_seed(0)
+    model = build_model(arch, 10).eval()
+    for p in model.parameters():  # trained-like first layer: large weights and biases expose any shift error
+        p.data.normal_(0, 0.05)
+    folded = fold_normalization(copy.deepcopy(model), pre).eval()
+    # A flat border makes the padded edge dominate: a wrong border correction cannot hide in the noise.
+    x = torch.randint(0, 256, (3, 3, pre.crop, pre.crop), dtype=torch.uint8)
+    x[:, :, :8], x[:, :, :, -8:] = 255, 0
+    with torch.no_grad():
+        expected, got = model(pre.normalize(x)), folded(x.float())
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert not torch.allclose(model(x.float()), expected, atol=1e-2)  # the raw pixels alone are not enough
+
+
+def test_a_network_that_does_not_start_with_an_rgb_convolution_is_refused():
+    with pytest.raises(ValueError, match="does not start with a convolution over the RGB image"):
+        fold_normalization(nn.Sequential(nn.Conv2d(1, 4, 3)), Preprocess(32, 32))
