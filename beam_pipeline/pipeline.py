@@ -3,10 +3,9 @@
     MatchImages -> SkipDone -> PrepareImages -> Classify (RunInference) -> ToLabelRows -> WriteLabels
                                        \\ errors ---------- \\ failed batches --> ToErrorRows -> WriteErrors
 
-With --skip-existing, SkipDone drops inputs this model version already labeled or recorded as errors
-(--retry-errors tries those again). After
-the run, the launcher reads back the Parquet row counts, checks matched == labeled + errors + skipped,
-and writes the one-row runs table.
+With --skip-existing and earlier output, SkipDone drops inputs this model version already labeled or
+recorded as errors (--retry-errors tries those again). After the run, the launcher reads back the Parquet
+row counts, checks matched == labeled + errors + skipped, and writes the one-row runs table.
 """
 import time
 from dataclasses import replace
@@ -21,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import window
 
-from beam_pipeline.model_handler import AlexNetModelHandler, load_classifier
+from beam_pipeline.model_handler import AlexNetModelHandler, check_checkpoint
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.preprocess import ERRORS_TAG, PrepareImage, error_record
 from beam_pipeline.read import MatchImages, SkipDone, count_matches, matched_uris
@@ -52,9 +51,9 @@ def failed_batch_errors(failure):
 
 def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: list[str]) -> None:
     """The batch job: everything the inputs match now, less what resume finds done."""
-    uris = (p
-            | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
-            | "SkipDone" >> SkipDone(done_files))
+    uris = p | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
+    if done_files:  # a shuffle of every URI: only when resuming finds rows to skip
+        uris = uris | "SkipDone" >> SkipDone(done_files)
     label_uris(uris, opts, manifest, lambda table: WriteTable(opts.output, table, manifest.model_version, opts.run_id))
 
 
@@ -106,8 +105,8 @@ def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
     A GPU is checked where the model runs: here for local runners, on the workers for Dataflow.
     """
     opts.validate()
-    local_device = opts.device if opts.runner == "DirectRunner" else "cpu"
-    manifest = load_classifier(opts.checkpoint, local_device, opts.precision).manifest
+    local = opts.runner == "DirectRunner"
+    manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision, keep=local)
     FileSystems.set_options(PipelineOptions(opts.beam_flags()))  # e.g. credentials for the launcher's own match
     missing = [url for url in opts.input_lists if not FileSystems.exists(url)]
     if missing:

@@ -27,16 +27,39 @@ class RawPixelConv(nn.Module):
         weight, bias = conv.weight.detach().double(), _bias(conv)
         image = shift.view(1, 3, 1, 1).expand(1, 3, pre.crop, pre.crop)
         constant = nn.functional.conv2d(image, weight, None, conv.stride, conv.padding, conv.dilation)[0]
-        inside = constant[:, constant.shape[1] // 2, constant.shape[2] // 2]
+        # Output rows (columns) whose window reaches into the padding, at the top and bottom (left, right).
+        self.edges = [_edges(pre.crop, *geometry) for geometry in
+                      zip(conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True)]
+        (top, bottom), (left, right) = self.edges
+        height, width = constant.shape[1:]
+        inside = constant[:, top, left] if top + bottom < height and left + right < width else 0 * bias
+        border = constant - inside[:, None, None]
+        border[:, top:height - bottom, left:width - right] = 0
+        self.register_buffer("border", border[None].float())
         self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                               conv.dilation, bias=True, device=conv.weight.device)
         with torch.no_grad():
             self.conv.weight.copy_(weight / std.view(1, 3, 1, 1))
             self.conv.bias.copy_(bias + inside)
-        self.register_buffer("border", (constant - inside[:, None, None])[None].float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) + self.border
+        """The convolution, then the fixed correction on the edge bands only (a full-map add cost 7%)."""
+        y = self.conv(x)
+        (top, bottom), (left, right) = self.edges
+        height, width = y.shape[2:]
+        for rows, cols in ((slice(0, top), slice(None)), (slice(height - bottom, height), slice(None)),
+                           (slice(top, height - bottom), slice(0, left)),
+                           (slice(top, height - bottom), slice(width - right, width))):
+            y[:, :, rows, cols] += self.border[:, :, rows, cols]
+        return y
+
+
+def _edges(size: int, kernel: int, stride: int, padding: int, dilation: int) -> tuple[int, int]:
+    """How many outputs at the start, then how many of the rest at the end, see padding along one axis."""
+    outputs = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    start = sum(1 for i in range(outputs) if i * stride < padding)
+    end = sum(1 for i in range(start, outputs) if i * stride - padding + dilation * (kernel - 1) > size - 1)
+    return start, end
 
 
 def _bias(conv: nn.Conv2d) -> torch.Tensor:
@@ -46,7 +69,8 @@ def _bias(conv: nn.Conv2d) -> torch.Tensor:
 def fold_normalization(module: nn.Module, pre: Preprocess) -> nn.Module:
     """Replace the network's first convolution (the one that sees the image) by its RawPixelConv."""
     name, conv = next(((n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
-    if conv is None or conv.in_channels != 3 or conv.groups != 1:
+    if conv is None or conv.in_channels != 3 or conv.groups != 1 or isinstance(conv.padding, str) \
+            or conv.padding_mode != "zeros":
         raise ValueError("cannot fold the normalization: the network does not start with a convolution "
                          "over the RGB image")
     parent, _, attr = name.rpartition(".")

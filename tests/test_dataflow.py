@@ -85,7 +85,7 @@ def test_dry_run_translates_the_whole_job_offline(gcs, sample_dir, checkpoint):
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output[: result.output.rindex("}") + 1])
     assert "--dry_run=True" in printed["beam_options"]
-    assert {"MatchImages", "SkipDone", "PrepareImages", "Classify", "ToLabelRows", "WriteLabels",
+    assert {"MatchImages", "PrepareImages", "Classify", "ToLabelRows", "WriteLabels",
             "WriteErrors"} <= set(printed["translated_transforms"])
     assert not gcs.exists("alexlabel-df/out")  # nothing written, nothing submitted
 

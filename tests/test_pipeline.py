@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from beam_pipeline import model_handler
 from beam_pipeline.options import LabelOptions
 from beam_pipeline.pipeline import run
 from schemas.checkpoint import load_checkpoint
@@ -159,3 +160,12 @@ def test_uri_lists_in_text_and_parquet_are_labeled_exactly_once(bucket, checkpoi
     assert (row["matched"], row["labeled"], row["errored"]) == (15, 13, 2)  # 13 labeled before + 2 listed non-images
     errors = {r["uri"]: r for r in read_table(str(tmp_path / "out"), "errors")}
     assert errors[missing]["stage"] == "read" and errors[f"{bucket}/README.txt"]["stage"] == "decode"
+
+
+def test_a_local_run_loads_the_checkpoint_once(bucket, checkpoint, tmp_path, monkeypatch):
+    """The launcher's check load is the one the DirectRunner's workers use: no second load per run."""
+    loads = []
+    real = model_handler.load_classifier
+    monkeypatch.setattr(model_handler, "load_classifier", lambda *args: loads.append(args) or real(*args))
+    row = run(LabelOptions(inputs=[f"{bucket}/img_0000*.jpg"], checkpoint=checkpoint, output=str(tmp_path)))
+    assert row["labeled"] == 10 and loads == [(checkpoint, "cpu", "auto")]

@@ -29,6 +29,21 @@ def test_folded_model_on_raw_pixels_matches_the_model_on_normalized_pixels(arch,
     assert not torch.allclose(model(x.float()), expected, atol=1e-2)  # the raw pixels alone are not enough
 
 
+@pytest.mark.parametrize("crop, conv", [
+    (4, dict(kernel_size=5, stride=2, padding=2)),                 # every output sees padding
+    (23, dict(kernel_size=(3, 7), stride=(3, 2), padding=(1, 3))),  # uneven bands, different per axis
+    (16, dict(kernel_size=3, padding=2, dilation=2, bias=False)),
+])
+def test_edge_bands_are_corrected_for_any_convolution_geometry(crop, conv):
+    torch.manual_seed(1)
+    pre = Preprocess(crop, crop)
+    model = nn.Sequential(nn.Conv2d(3, 5, **conv))
+    folded = fold_normalization(copy.deepcopy(model), pre)
+    x = torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(folded(x.float()), model(pre.normalize(x)), atol=1e-4)
+
+
 def test_a_network_that_does_not_start_with_an_rgb_convolution_is_refused():
     with pytest.raises(ValueError, match="does not start with a convolution over the RGB image"):
         fold_normalization(nn.Sequential(nn.Conv2d(1, 4, 3)), Preprocess(32, 32))
