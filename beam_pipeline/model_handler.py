@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from beam_pipeline.heap import trim_heap
 from beam_pipeline.raw_pixels import fold_normalization
 from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
 from schemas.errors import UserError
@@ -117,6 +118,7 @@ class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
         probs = (logits / manifest.temperature).softmax(dim=1)
         confidences, indices = probs.topk(min(self._top_k, probs.shape[1]), dim=1)
         confidences, indices = confidences.cpu().tolist(), indices.cpu().tolist()
+        trim_heap()  # this batch's activations are free now: keep memory flat over long runs
         return [PredictionResult(meta, {"indices": idx, "confidences": conf,
                                         "labels": [manifest.class_names[i] for i in idx]},
                                  manifest.model_version)
