@@ -3,6 +3,7 @@ import json
 
 import click
 
+from beam_pipeline.heap import bound_heap
 from beam_pipeline.options import RUNNERS, LabelOptions
 from beam_pipeline.read import DEFAULT_EXTENSIONS
 from schemas.tables import TABLES, bigquery_schema
@@ -61,6 +62,7 @@ def label_command(inputs, input_lists, extensions, beam_args, watch_seconds, **k
 
     Extra arguments after the options go to Beam as they are (e.g. --direct_num_workers=2).
     """
+    bound_heap()  # before Beam and torch start threads: glibc never retires an arena once made
     from beam_pipeline.pipeline import dry_run, launch_streaming, run, watch  # loads Beam and torch
 
     opts = LabelOptions(inputs=list(inputs), input_lists=list(input_lists), beam_args=list(beam_args),

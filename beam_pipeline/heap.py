@@ -10,6 +10,7 @@ too but cost 15% of the throughput: every activation buffer became a fresh, zero
 """
 import ctypes
 import ctypes.util
+import math
 import time
 
 ARENAS = 2
@@ -27,11 +28,14 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 _libc = _glibc()
-_last_trim = [0.0]
+_last_trim = [-math.inf]  # shared by a process's bundle threads; a race costs at most one extra trim
 
 
 def bound_heap() -> bool:
-    """Limit this process to ARENAS malloc arenas; False where the C library is not glibc."""
+    """Limit this process to ARENAS malloc arenas from now on; False where the C library is not glibc.
+
+    Arenas that exist already stay (glibc never retires one): call it before threads start.
+    """
     return bool(_libc and _libc.mallopt(_M_ARENA_MAX, ARENAS))
 
 

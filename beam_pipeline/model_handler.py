@@ -58,13 +58,13 @@ def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto
     state_dict, manifest = load_checkpoint(checkpoint)
     try:
         module = build_model(manifest.arch, len(manifest.class_names), state_dict, **manifest.arch_kwargs)
+        module = fold_normalization(module, manifest.preprocess)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
     # Weights stored in bf16 once, not autocast: autocast re-casts all ~60M weights on every batch, which
     # on a CPU costs more than the convolutions themselves (AlexNet: 3x the throughput without it).
-    module = fold_normalization(module, manifest.preprocess)
     module = module.to(torch_device, dtype=dtype, memory_format=torch.channels_last).eval()
     return Classifier(module, manifest, torch_device, dtype)
 
@@ -77,11 +77,16 @@ _kept: dict[tuple[str, str, str], Classifier] = {}
 
 def check_checkpoint(checkpoint: str, device: str, precision: str, keep: bool) -> Manifest:
     """Load the checkpoint as a worker would; with `keep`, leave the model for a worker in this process."""
+    drop_kept()
     classifier = load_classifier(checkpoint, device, precision)
-    _kept.clear()
     if keep:
         _kept[(checkpoint, device, precision)] = classifier
     return classifier.manifest
+
+
+def drop_kept() -> None:
+    """Forget a kept model no worker took (a failed start, workers in other processes)."""
+    _kept.clear()
 
 
 class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):

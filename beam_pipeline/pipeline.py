@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import window
 
-from beam_pipeline.model_handler import AlexNetModelHandler, check_checkpoint
+from beam_pipeline.model_handler import AlexNetModelHandler, check_checkpoint, drop_kept
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.preprocess import ERRORS_TAG, PrepareImage, error_record
 from beam_pipeline.read import MatchImages, SkipDone, count_matches, matched_uris
@@ -52,7 +52,7 @@ def failed_batch_errors(failure):
 def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: list[str]) -> None:
     """The batch job: everything the inputs match now, less what resume finds done."""
     uris = p | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
-    if done_files:  # a shuffle of every URI: only when resuming finds rows to skip
+    if done_files:  # a shuffle of every URI: only when resuming finds earlier output files
         uris = uris | "SkipDone" >> SkipDone(done_files)
     label_uris(uris, opts, manifest, lambda table: WriteTable(opts.output, table, manifest.model_version, opts.run_id))
 
@@ -106,7 +106,8 @@ def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
     """
     opts.validate()
     local = opts.runner == "DirectRunner"
-    manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision, keep=local)
+    manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision,
+                                keep=local and not opts.dry_run)
     FileSystems.set_options(PipelineOptions(opts.beam_flags()))  # e.g. credentials for the launcher's own match
     missing = [url for url in opts.input_lists if not FileSystems.exists(url)]
     if missing:
@@ -146,10 +147,13 @@ def counter(result, name: str) -> int:
 
 def launch_streaming(opts: LabelOptions) -> str:
     """Submit the unbounded job and return its id; it runs until drained or cancelled."""
-    manifest, _ = prepare(opts)
-    p = make_pipeline(opts)
-    build_streaming(p, opts, manifest)
-    result = p.run()
+    try:
+        manifest, _ = prepare(opts)
+        p = make_pipeline(opts)
+        build_streaming(p, opts, manifest)
+        result = p.run()
+    finally:
+        drop_kept()
     return getattr(result, "job_id", lambda: opts.run_id)()
 
 
@@ -175,11 +179,14 @@ def watch(opts: LabelOptions, every_seconds: float, rounds: int | None = None, o
 
 def run(opts: LabelOptions) -> dict:
     """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/)."""
-    manifest, done = prepare(opts)
-    make_table_folders(opts.output, manifest.model_version)
-    started, t0 = datetime.now(UTC), time.perf_counter()
-    with make_pipeline(opts) as p:
-        build(p, opts, manifest, done)
+    try:
+        manifest, done = prepare(opts)
+        make_table_folders(opts.output, manifest.model_version)
+        started, t0 = datetime.now(UTC), time.perf_counter()
+        with make_pipeline(opts) as p:
+            build(p, opts, manifest, done)
+    finally:
+        drop_kept()  # the workers took it, or never will
     result = p.result
     wall = time.perf_counter() - t0
     labeled = count_rows(run_files(opts.output, "labels", manifest.model_version, opts.run_id))

@@ -30,7 +30,9 @@ class PrepareImage(beam.DoFn):
         self.failed = Metrics.counter("alexlabel", "errored_before_inference")
 
     def setup(self):
-        bound_heap()  # this worker decodes every image: keep its memory flat in their number
+        # No new malloc arenas from here on. Arenas made before stay, so the label command sets this at its
+        # start and the worker image by environment (MALLOC_ARENA_MAX in Dockerfile.gpu).
+        bound_heap()
 
     def process(self, uri: str):
         stage, size = "read", None

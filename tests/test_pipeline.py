@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from beam_pipeline import model_handler
-from beam_pipeline.options import LabelOptions
+from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.pipeline import run
 from schemas.checkpoint import load_checkpoint
 from schemas.preprocess import decode_image
@@ -169,3 +169,9 @@ def test_a_local_run_loads_the_checkpoint_once(bucket, checkpoint, tmp_path, mon
     monkeypatch.setattr(model_handler, "load_classifier", lambda *args: loads.append(args) or real(*args))
     row = run(LabelOptions(inputs=[f"{bucket}/img_0000*.jpg"], checkpoint=checkpoint, output=str(tmp_path)))
     assert row["labeled"] == 10 and loads == [(checkpoint, "cpu", "auto")]
+
+
+def test_a_failed_start_keeps_no_model_loaded(bucket, checkpoint, tmp_path):
+    with pytest.raises(UsageError, match="no image files match"):
+        run(LabelOptions(inputs=[f"{bucket}/nothing-*.jpg"], checkpoint=checkpoint, output=str(tmp_path)))
+    assert not model_handler._kept  # checked, then let go: a long-lived process does not hold the weights

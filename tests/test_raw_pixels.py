@@ -44,6 +44,12 @@ def test_edge_bands_are_corrected_for_any_convolution_geometry(crop, conv):
         assert torch.allclose(folded(x.float()), model(pre.normalize(x)), atol=1e-4)
 
 
+def test_an_image_of_another_size_is_refused_with_the_size_the_model_takes():
+    folded = fold_normalization(nn.Sequential(nn.Conv2d(3, 4, 5, stride=2, padding=2)), Preprocess(64, 64))
+    with pytest.raises(ValueError, match="takes 64 x 64 images .* got 56 x 64"):
+        folded(torch.zeros(1, 3, 56, 64))
+
+
 def test_a_network_that_does_not_start_with_an_rgb_convolution_is_refused():
     with pytest.raises(ValueError, match="does not start with a convolution over the RGB image"):
         fold_normalization(nn.Sequential(nn.Conv2d(1, 4, 3)), Preprocess(32, 32))

@@ -125,7 +125,7 @@ def test_sigkill_mid_run_then_resume_labels_each_input_exactly_once(sample_dir, 
 
 
 ARENA_PROBE = """
-import ctypes, sys, tempfile, threading
+import ctypes, ctypes.util, sys, tempfile, threading
 from beam_pipeline.heap import bound_heap
 if sys.argv[1] == "bound":
     assert bound_heap()
@@ -136,7 +136,7 @@ def decode():  # each thread allocates while the others are alive, as PrepareIma
 threads = [threading.Thread(target=decode) for _ in range(6)]
 [t.start() for t in threads]
 [t.join() for t in threads]
-libc = ctypes.CDLL("libc.so.6")
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.fopen.restype = ctypes.c_void_p
 with tempfile.NamedTemporaryFile("r") as f:
     stream = libc.fopen(f.name.encode(), b"w")
@@ -146,9 +146,9 @@ with tempfile.NamedTemporaryFile("r") as f:
 """
 
 TRIM_PROBE = """
-import sys
+import os, sys
 from beam_pipeline.heap import trim_heap
-def rss_mib(): return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+def rss_mib(): return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
 blocks = [bytearray(b"1" * 60_000) for _ in range(3000)]  # ~180 MB on the heap (below the mmap threshold)
 pinned = blocks[::10]  # every tenth stays alive, so the freed space lies between live blocks
 del blocks
@@ -160,7 +160,9 @@ print(before - rss_mib())
 
 
 def probe(script: str, mode: str) -> int:
-    return int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+    """Run a probe in a fresh process with glibc's defaults (no malloc settings from the environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    return int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, env=env,
                               check=True).stdout)
 
 
