@@ -37,7 +37,8 @@ browser:  ## Debian's chromium, which the report test renders pages in (once; ne
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 bench: install bench-query  ## labeling speed: ours beside the references, ratios, memory; bf16 vs fp32 agreement
-	$(BIN)/python benchmarks/bench_label.py --images $(or $(IMAGES),2000) --workdir bench-out $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_label.py --images $(or $(IMAGES),2000) --workdir bench-out \
+		--scaling $(or $(SCALING),1000 10000) $(BENCH_ARGS)
 	test -f alexlabel-demo/model/model.pt || $(BIN)/alexlabel demo
 	$(BIN)/python benchmarks/bench_precision.py alexlabel-demo/model/model.pt alexlabel-demo/data
 
