@@ -1,7 +1,9 @@
 """URI -> (image metadata, uint8 tensor) as the checkpoint's preprocess asks, or an error record."""
 import hashlib
+import struct
 
 import apache_beam as beam
+import torch
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.heap import bound_heap
@@ -19,6 +21,34 @@ def error_record(uri: str, stage: str, exc: BaseException, size_bytes: int | Non
             "size_bytes": size_bytes}
 
 
+class PixelsCoder(beam.coders.Coder):
+    """uint8 image tensors as shape + bytes, sized by their byte count.
+
+    Beam samples the size of elements as they pass between transforms by encoding them; with its default
+    coder that pickled every decoded image (0.08 ms each, ~2% of the run). Where a runner does move images
+    between workers, this encoding is also smaller and faster than a pickle.
+    """
+
+    def encode(self, pixels: torch.Tensor) -> bytes:
+        shape = tuple(pixels.shape)
+        return struct.pack(f"<B{len(shape)}I", len(shape), *shape) + pixels.contiguous().numpy().tobytes()
+
+    def decode(self, encoded: bytes) -> torch.Tensor:
+        ndim = encoded[0]
+        shape = struct.unpack_from(f"<{ndim}I", encoded, 1)
+        return torch.frombuffer(bytearray(encoded[1 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
+
+    def estimate_size(self, pixels: torch.Tensor) -> int:
+        return 1 + 4 * pixels.dim() + pixels.numel()
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+beam.coders.registry.register_coder(torch.Tensor, PixelsCoder)
+
+
+@beam.typehints.with_output_types(tuple[dict, torch.Tensor])
 class PrepareImage(beam.DoFn):
     """Read, decode (JPEG draft mode, EXIF orientation, bomb check), resize and crop on uint8.
 

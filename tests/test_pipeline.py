@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -13,8 +14,9 @@ from PIL import Image
 from beam_pipeline import model_handler
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.pipeline import run
+from beam_pipeline.preprocess import PixelsCoder, PrepareImage
 from schemas.checkpoint import load_checkpoint
-from schemas.preprocess import decode_image
+from schemas.preprocess import Preprocess, decode_image
 from schemas.tables import TABLES
 from trainer.evaluate import load_model
 
@@ -79,7 +81,8 @@ def test_label_rows_hold_calibrated_top_k_from_the_checkpoint(labeled, checkpoin
     out, row = labeled
     module, manifest = load_model(checkpoint, torch.device("cpu"))
     for r in read_table(out, "labels"):
-        data = open(r["uri"], "rb").read()
+        with open(r["uri"], "rb") as f:
+            data = f.read()
         assert r["content_sha256"] == hashlib.sha256(data).hexdigest() and r["size_bytes"] == len(data)
         assert (r["width"], r["height"]) == Image.open(r["uri"]).size
         # The same image through the checkpoint's own preprocessing and temperature, outside Beam.
@@ -175,3 +178,15 @@ def test_a_failed_start_keeps_no_model_loaded(bucket, checkpoint, tmp_path):
     with pytest.raises(UsageError, match="no image files match"):
         run(LabelOptions(inputs=[f"{bucket}/nothing-*.jpg"], checkpoint=checkpoint, output=str(tmp_path)))
     assert not model_handler._kept  # checked, then let go: a long-lived process does not hold the weights
+
+
+def test_decoded_images_are_coded_as_shape_and_bytes_not_pickled():
+    """PrepareImage's output gets PixelsCoder: Beam's element-size sampling no longer pickles every image."""
+    images = beam.Pipeline() | beam.Create(["x"]) | beam.ParDo(PrepareImage(Preprocess(256, 224)))
+    coder = beam.coders.registry.get_coder(images.element_type)
+    assert isinstance(coder, beam.coders.TupleCoder) and isinstance(coder.coders()[1], PixelsCoder)
+    pixels = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8)
+    meta = {"uri": "gs://b/a.jpg", "width": 500, "height": 375}
+    back = coder.decode(coder.encode((meta, pixels)))
+    assert back[0] == meta and torch.equal(back[1], pixels)
+    assert PixelsCoder().estimate_size(pixels) == len(PixelsCoder().encode(pixels))
