@@ -24,8 +24,9 @@ from schemas.tables import TABLES, bigquery_schema
 @click.option("--top-k", type=int, default=5, show_default=True)
 @click.option("--accept-threshold", type=float, default=0.5, show_default=True,
               help="decision is 'accept' at or above this confidence, else 'review'.")
-@click.option("--min-batch-size", type=int, default=32, show_default=True,
-              help="Batches start at this size; Beam grows them up to --max-batch-size as throughput allows.")
+@click.option("--min-batch-size", type=int, default=0,
+              help="Below --max-batch-size, Beam sizes batches between the two by throughput. Default: "
+                   "equal to it (fixed batches: each new batch size costs the model memory).")
 @click.option("--max-batch-size", type=int, default=0, help="Default: 64 on CPUs, 256 on GPUs.")
 @click.option("--workers", type=int, default=0,
               help="DirectRunner: bundles labeled in parallel (threads sharing one model, cores/N torch "

@@ -34,7 +34,7 @@ class LabelOptions:
     precision: str = "auto"           # auto (bf16 where native), bf16, fp32
     top_k: int = 5
     accept_threshold: float = 0.5     # decision = accept when confidence >= this, else review
-    min_batch_size: int = 32           # measured on 2 CPU cores, bf16 AlexNet: 32-64 is the sweet spot (README)
+    min_batch_size: int = 0            # 0: the max, i.e. fixed batches (each new batch shape costs memory, README)
     max_batch_size: int = 0            # 0: 64 on CPUs, 256 on GPUs (large batches keep a GPU busy)
     workers: int = 0                  # DirectRunner: parallel bundles (threads sharing one model); 0: one per core
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
@@ -153,8 +153,13 @@ class LabelOptions:
         return flags + list(self.beam_args)
 
     def batch_sizes(self) -> tuple[int, int]:
-        """(min, max) for RunInference's batching; max defaults to 64 on CPUs, 256 on GPUs."""
-        return self.min_batch_size, self.max_batch_size or (256 if self.device == "gpu" else 64)
+        """(min, max) for RunInference's batching: max defaults to 64 on CPUs, 256 on GPUs, min to max.
+
+        Fixed batches, because every batch size the model meets makes oneDNN build and keep another set of
+        kernels: Beam's adaptive sizes between 32 and 64 cost 140 MiB more after 10,000 images.
+        """
+        high = self.max_batch_size or (256 if self.device == "gpu" else 64)
+        return self.min_batch_size or high, high
 
     def torch_threads(self) -> int:
         """workers x torch threads = cores, so the machine is busy without oversubscription."""

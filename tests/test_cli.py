@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from alexlabel.cli import main
+from beam_pipeline.options import LabelOptions
 
 
 def invoke(*args):
@@ -131,3 +132,10 @@ def test_credentials_never_reach_tables_messages_or_output(checkpoint, sample_di
     failing = invoke("label", "--input", f"{tmp_path}/none/*.jpg?sig=SECRET444", "--checkpoint", checkpoint,
                      "--output", out)
     assert failing.exit_code == 1 and "SECRET" not in failing.output and "sig=***" in failing.output
+
+
+def test_batches_are_fixed_in_size_unless_a_smaller_minimum_is_asked_for():
+    def sizes(**kw):
+        return LabelOptions(inputs=["x"], checkpoint="m.pt", output="o", **kw).batch_sizes()
+    assert sizes() == (64, 64) and sizes(device="gpu") == (256, 256)
+    assert sizes(max_batch_size=16) == (16, 16) and sizes(min_batch_size=8) == (8, 64)
