@@ -77,7 +77,6 @@ _kept: dict[tuple[str, str, str], Classifier] = {}
 
 def check_checkpoint(checkpoint: str, device: str, precision: str, keep: bool) -> Manifest:
     """Load the checkpoint as a worker would; with `keep`, leave the model for a worker in this process."""
-    drop_kept()
     classifier = load_classifier(checkpoint, device, precision)
     if keep:
         _kept[(checkpoint, device, precision)] = classifier

@@ -147,13 +147,10 @@ def counter(result, name: str) -> int:
 
 def launch_streaming(opts: LabelOptions) -> str:
     """Submit the unbounded job and return its id; it runs until drained or cancelled."""
-    try:
-        manifest, _ = prepare(opts)
-        p = make_pipeline(opts)
-        build_streaming(p, opts, manifest)
-        result = p.run()
-    finally:
-        drop_kept()
+    manifest, _ = prepare(opts)  # streaming never runs on the DirectRunner, so no model is kept
+    p = make_pipeline(opts)
+    build_streaming(p, opts, manifest)
+    result = p.run()
     return getattr(result, "job_id", lambda: opts.run_id)()
 
 

@@ -11,6 +11,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.deduplicate import Deduplicate
 from apache_beam.utils.timestamp import Duration
@@ -24,10 +25,8 @@ DEDUP_SECONDS = 24 * 3600  # Pub/Sub redelivers at least once; one day covers it
 
 @cache
 def _pattern_regex(pattern: str) -> re.Pattern:
-    """Glob -> regex with Beam's meaning: `**` crosses folders, `*` and `?` stay within one."""
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(wild.get(p, re.escape(p)) for p in parts) + r"\Z")
+    """Glob -> regex by Beam's own rule (what the polling branch's match uses): `**` crosses folders."""
+    return re.compile(FileSystem.translate_pattern(pattern))
 
 
 def matches_any(uri: str, patterns: tuple[str, ...]) -> bool:

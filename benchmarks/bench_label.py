@@ -23,18 +23,11 @@ import time
 import pyarrow.parquet as pq
 import torch
 import torchvision
+from make_images import ensure_images
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = sys.executable
 ALEXLABEL = os.path.join(os.path.dirname(sys.executable), "alexlabel")
-
-
-def make_images(directory: str, n: int) -> list[str]:
-    if len(glob.glob(f"{directory}/*.jpg")) != n:
-        subprocess.run(["rm", "-rf", directory], check=True)
-        print(f"generating {n} JPEGs in {directory} ...", flush=True)
-        subprocess.run([PYTHON, os.path.join(HERE, "make_images.py"), directory, str(n)], check=True)
-    return sorted(glob.glob(f"{directory}/*.jpg"))
 
 
 def make_model(workdir: str) -> tuple[str, str]:
@@ -114,7 +107,7 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     images_dir = os.path.join(args.workdir, f"images-{args.images}")
-    images = make_images(images_dir, args.images)
+    images = ensure_images(images_dir, args.images)
     state_dict, checkpoint = make_model(args.workdir)
 
     results = {"images": len(images), "cores": os.cpu_count()}
@@ -133,7 +126,7 @@ def main():
         results["scaling"] = {}
         for n in args.scaling or (1000, 10000, 20000):
             directory = os.path.join(args.workdir, f"images-{n}")
-            make_images(directory, n)
+            ensure_images(directory, n)
             results["scaling"][n] = ours(directory, checkpoint, os.path.join(args.workdir, f"scale-{n}"),
                                          args.label_args)
             print("scaling", n, results["scaling"][n], flush=True)

@@ -13,7 +13,7 @@ import time
 
 from beam_pipeline.model_handler import AlexNetModelHandler
 from schemas.checkpoint import load_checkpoint
-from schemas.preprocess import decode_image
+from schemas.preprocess import eval_tensor_from_bytes
 from schemas.storage import read_bytes
 
 
@@ -28,7 +28,7 @@ def main():
     examples = []
     for f in files:
         try:
-            examples.append(({"uri": f}, pre.eval_tensor(decode_image(read_bytes(f), pre.resize)[0])))
+            examples.append(({"uri": f}, eval_tensor_from_bytes(read_bytes(f), pre)[0]))  # the labeling path
         except OSError:
             continue  # the sample set's deliberately broken files
     results = {}

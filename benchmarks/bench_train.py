@@ -11,15 +11,13 @@ Prints a table, then the figures as one JSON line (--json FILE also writes them)
     python benchmarks/bench_train.py --device cpu --steps 2 --warmup 1 --batch-size 16 --count 64  # smoke run
 """
 import argparse
-import glob
 import itertools
 import json
 import os
-import subprocess
-import sys
 import time
 
 import torch
+from make_images import ensure_images
 
 from schemas.preprocess import Preprocess
 from trainer.data import EpochSampler, loader, train_transform
@@ -29,14 +27,6 @@ from trainer.train import TrainConfig, make_optimizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLASSES = 1000
-
-
-def ensure_images(folder: str, count: int) -> list[str]:
-    """At least `count` JPEGs in `folder`, written by make_images.py when there are fewer."""
-    if len(glob.glob(f"{folder}/*.jpg")) < count:
-        print(f"writing {count} JPEGs to {folder} ...", flush=True)
-        subprocess.run([sys.executable, os.path.join(HERE, "make_images.py"), folder, str(count)], check=True)
-    return sorted(glob.glob(f"{folder}/*.jpg"))[:count]
 
 
 def synthetic_batches(batch_size: int, size: int, device: torch.device):

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import pickle
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -65,13 +66,16 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(url: str, state_dict: dict[str, torch.Tensor], manifest: Manifest) -> Manifest:
-    """Atomically write an inference checkpoint; returns the manifest with its weights hash filled in."""
+def save_checkpoint(url: str, state_dict: dict[str, torch.Tensor], manifest: Manifest,
+                    also: Sequence[str] = ()) -> Manifest:
+    """Atomically write an inference checkpoint (the same bytes to each of `also` too: hashed and
+    serialized once); returns the manifest with its weights hash filled in."""
     state_dict = {k: v.detach().cpu() for k, v in state_dict.items()}
     manifest = replace(manifest, weights_sha256=weights_sha256(state_dict))
     buf = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, "manifest": manifest.to_json(), "state_dict": state_dict}, buf)
-    atomic_write_bytes(url, buf.getvalue())
+    for target in (url, *also):
+        atomic_write_bytes(target, buf.getvalue())
     return manifest
 
 

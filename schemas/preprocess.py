@@ -103,7 +103,7 @@ def eval_tensor_from_bytes(data: bytes, pre: Preprocess) -> tuple[torch.Tensor, 
             return pre.eval_tensor_chw(x), header.size
         except RuntimeError:
             pass
-    img, size = decode_image(data, pre.resize)
+    img, size = _decode(header, pre.resize)  # the header already opened and checked above
     return pre.eval_tensor(img), size
 
 
@@ -129,7 +129,11 @@ def decode_image(data: bytes, min_side: int | None = None) -> tuple[Image.Image,
     ImageTooLarge for decompression bombs (checked on the header, before decoding), and Pillow's own
     errors (UnidentifiedImageError, OSError) for broken files.
     """
-    img = open_image(data)
+    return _decode(open_image(data), min_side)
+
+
+def _decode(img: Image.Image, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """decode_image's work on an image open_image returned (not yet decoded)."""
     width, height = img.size
     if img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
         width, height = height, width

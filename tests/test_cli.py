@@ -4,21 +4,9 @@ import os
 
 import pytest
 import torch
-from click.testing import CliRunner
+from commands import invoke, one_line_error
 
-from alexlabel.cli import main
 from beam_pipeline.options import LabelOptions
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -4,17 +4,12 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from commands import invoke
 from outputs import label, write_images, write_output
 
-from alexlabel.cli import main
 from beam_pipeline.options import LabelOptions
 from beam_pipeline.pipeline import run
 from trainer.data import list_image_folder, read_manifest
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def tree(directory) -> dict[str, bytes]:

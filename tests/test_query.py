@@ -3,14 +3,9 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from commands import invoke
+from commands import one_line_error as error_line
 from outputs import error, label, write_output
-
-from alexlabel.cli import main
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def ok(*args) -> str:
@@ -24,11 +19,7 @@ def as_json(*args):
 
 
 def one_line_error(*args) -> str:
-    result = invoke(*args)
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
+    return error_line(invoke(*args))
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision.models import AlexNet
 
+from schemas.errors import first_line
+
 
 def _lrn() -> nn.LocalResponseNorm:
     # The paper divides alpha by nothing; torch divides it by `size`, so scale it back up.
@@ -82,6 +84,6 @@ def build_model(arch: str, num_classes: int, state_dict: dict | None = None, **k
             model = ARCHS[arch](num_classes=num_classes, **kwargs)
         model.load_state_dict(state_dict, assign=True)
     except (RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"weights or options do not fit {arch} with {num_classes} classes ({first})") from None
+        raise ValueError(f"weights or options do not fit {arch} with {num_classes} classes ({first_line(e)})"
+                         ) from None
     return model

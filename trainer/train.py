@@ -232,8 +232,9 @@ def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None
                 if scaler.get_scale() >= scale:  # the schedule counts applied updates only
                     scheduler.step()
                 seen += len(y)
-                loss_sum += batch_loss.item()
-                bar.set_postfix(loss=f"{batch_loss.item() / max(1, len(y)):.3f}",
+                step_loss = batch_loss.item()  # one device sync per step
+                loss_sum += step_loss
+                bar.set_postfix(loss=f"{step_loss / max(1, len(y)):.3f}",
                                 lr=f"{scheduler.get_last_lr()[0]:.2g}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}")
             done = epoch * steps_per_epoch + state["step"]
@@ -307,7 +308,8 @@ def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list
         provenance={"torch": torch.__version__, "torchvision": torchvision.__version__, "recipe": asdict(cfg),
                     "created_at": datetime.now(UTC).isoformat(), "run_id": run_id})
     state_dict = model.state_dict()
-    return [save_checkpoint(f"{cfg.output}/{name}", state_dict, manifest) for name in names][0]
+    first, *others = [f"{cfg.output}/{name}" for name in names]
+    return save_checkpoint(first, state_dict, manifest, also=others)
 
 
 def remove(output: str, names: list[str]) -> None:
