@@ -21,6 +21,9 @@ from schemas.tables import TABLES, bigquery_schema
               help="gpu fails loudly when no GPU works, never falls back to the CPU.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32.")
+@click.option("--gpu-decode", is_flag=True,
+              help="With --device gpu: decode JPEGs in batches on the GPU (nvJPEG) instead of on CPU cores; "
+                   "other formats, and JPEGs that need rotating or draft mode, still decode on the CPU.")
 @click.option("--top-k", type=int, default=5, show_default=True)
 @click.option("--accept-threshold", type=float, default=0.5, show_default=True,
               help="decision is 'accept' at or above this confidence, else 'review'.")

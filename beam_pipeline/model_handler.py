@@ -10,16 +10,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_pipeline.heap import trim_heap
 from beam_pipeline.raw_pixels import fold_normalization
 from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
 from schemas.errors import UserError
-from schemas.preprocess import Preprocess
+from schemas.preprocess import Preprocess, eval_tensors_from_jpegs
 from trainer.models import build_model
 
-Example = tuple[dict, torch.Tensor]  # (image metadata, uint8 CHW tensor)
+DECODED_ON_DEVICE = Metrics.counter("alexlabel", "decoded_on_device")
+Example = tuple[dict, torch.Tensor]  # (image metadata, uint8 CHW pixels or, with --gpu-decode, 1-D JPEG bytes)
 
 
 @dataclass
@@ -88,6 +90,30 @@ def drop_kept() -> None:
     _kept.clear()
 
 
+def decode_jpegs(images: list[torch.Tensor], model: Classifier) -> list[torch.Tensor | Exception]:
+    """Encoded JPEGs in a batch (1-D tensors, from --gpu-decode) decoded together on the model's device;
+    images prepared on the CPU (3-D) stay as they are."""
+    jpegs = [image for image in images if image.dim() == 1]
+    if not jpegs:
+        return images
+    DECODED_ON_DEVICE.inc(len(jpegs))
+    decoded = iter(eval_tensors_from_jpegs(jpegs, model.manifest.preprocess, model.device))
+    return [next(decoded) if image.dim() == 1 else image for image in images]
+
+
+def to_batch(images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """CHW uint8 images -> one channels_last NCHW batch on `device`.
+
+    Stacked as HWC views, the batch lands in channels_last memory with one copy instead of two. Images
+    still on the CPU go to a GPU in one copy from page-locked memory, which overlaps the GPU's work.
+    """
+    if device.type != "cpu" and any(image.device.type == "cpu" for image in images):
+        host = torch.stack([image for image in images if image.device.type == "cpu"])
+        moved = iter(host.pin_memory().to(device, non_blocking=True))
+        images = [next(moved) if image.device.type == "cpu" else image for image in images]
+    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+
+
 class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
     def __init__(self, checkpoint: str, *, device: str = "cpu", precision: str = "auto", top_k: int = 5,
                  min_batch_size: int = 1, max_batch_size: int = 64, model_copies: int | None = None,
@@ -111,23 +137,27 @@ class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
 
     def run_inference(self, batch: Sequence[Example], model: Classifier,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        metas, tensors = zip(*batch, strict=False)
-        manifest = model.manifest
-        # Stacked as HWC views, the batch lands in channels_last memory with one copy instead of two.
-        x = torch.stack([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
-        if model.device.type == "cuda":  # page-locked memory lets the copy overlap the previous batch's work
-            x = x.pin_memory()
-        x = x.to(model.device, non_blocking=True).to(model.dtype)  # pixels 0-255, exact in bf16
+        """Top-k per image. An encoded JPEG that no decoder reads gives a PredictionResult whose inference
+        is its exception; ToRows turns that into an errors row, and the rest of the batch is labeled."""
+        metas = [meta for meta, _ in batch]
+        images = decode_jpegs([tensor for _, tensor in batch], model)
+        version = model.manifest.model_version
+        good = [i for i, image in enumerate(images) if not isinstance(image, Exception)]
+        results = [PredictionResult(meta, image, version) for meta, image in zip(metas, images, strict=True)
+                   if isinstance(image, Exception)]
+        if not good:
+            return results
+        x = to_batch([images[i] for i in good], model.device).to(model.dtype)  # pixels 0-255, exact in bf16
         with torch.inference_mode():
             logits = model.module(x).float()
-        probs = (logits / manifest.temperature).softmax(dim=1)
+        probs = (logits / model.manifest.temperature).softmax(dim=1)
         confidences, indices = probs.topk(min(self._top_k, probs.shape[1]), dim=1)
         confidences, indices = confidences.cpu().tolist(), indices.cpu().tolist()
         trim_heap()  # this batch's activations are free now: keep memory flat over long runs
-        return [PredictionResult(meta, {"indices": idx, "confidences": conf,
-                                        "labels": [manifest.class_names[i] for i in idx]},
-                                 manifest.model_version)
-                for meta, idx, conf in zip(metas, indices, confidences, strict=False)]
+        names = model.manifest.class_names
+        return results + [PredictionResult(metas[i], {"indices": idx, "confidences": conf,
+                                                      "labels": [names[c] for c in idx]}, version)
+                          for i, idx, conf in zip(good, indices, confidences, strict=True)]
 
     def get_num_bytes(self, batch: Sequence[Example]) -> int:
         """For RunInference's byte metrics: the tensors' size (Beam's default pickles the whole batch)."""

@@ -32,6 +32,7 @@ class LabelOptions:
     runner: str = "DirectRunner"
     device: str = "cpu"               # cpu or gpu (gpu fails loudly when none works)
     precision: str = "auto"           # auto (bf16 where native), bf16, fp32
+    gpu_decode: bool = False          # with device gpu: JPEGs decode in batches on the GPU (nvJPEG)
     top_k: int = 5
     accept_threshold: float = 0.5     # decision = accept when confidence >= this, else review
     min_batch_size: int = 0            # 0: the max, i.e. fixed batches (each new batch shape costs memory, README)
@@ -68,6 +69,8 @@ class LabelOptions:
             raise UsageError(f"unknown --device {self.device!r}; use cpu or gpu")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UsageError(f"unknown --precision {self.precision!r}; use auto, bf16 or fp32")
+        if self.gpu_decode and self.device != "gpu":
+            raise UsageError("--gpu-decode decodes JPEGs on the GPU the model runs on; add --device gpu")
         if self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
         if not 0.0 <= self.accept_threshold <= 1.0:

@@ -1,7 +1,8 @@
 """The labeling job as one straight chain of named transforms, and the launcher that accounts for it.
 
     MatchImages -> SkipDone -> PrepareImages -> Classify (RunInference) -> ToLabelRows -> WriteLabels
-                                       \\ errors ---------- \\ failed batches --> ToErrorRows -> WriteErrors
+                                  |  errors          |  failed batches       |  undecoded (--gpu-decode)
+                                  +------------------+-----------------------+--> ToErrorRows -> WriteErrors
 
 With --skip-existing and earlier output, SkipDone drops inputs this model version already labeled or
 recorded as errors (--retry-errors tries those again). After the run, the launcher reads back the Parquet
@@ -49,6 +50,16 @@ def failed_batch_errors(failure):
         yield error_record(meta["uri"], "infer", exc, meta["size_bytes"])
 
 
+def to_label_row(result, run_id: str, accept_threshold: float):
+    """A prediction -> its labels row; a JPEG that could not be decoded on the model's device -> its error."""
+    if isinstance(result.inference, Exception):
+        meta = result.example
+        yield beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(meta["uri"], "decode", result.inference,
+                                                                meta["size_bytes"]))
+    else:
+        yield label_row(result, run_id, accept_threshold)
+
+
 def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: list[str]) -> None:
     """The batch job: everything the inputs match now, less what resume finds done."""
     uris = p | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
@@ -76,16 +87,17 @@ def label_uris(uris, opts: LabelOptions, manifest: Manifest, write, model_update
                                   min_batch_size=low, max_batch_size=high,
                                   model_copies=opts.gpu_count if opts.device == "gpu" else None,
                                   preprocess=manifest.preprocess, threads=opts.torch_threads())
-    images, bad_images = uris | "PrepareImages" >> beam.ParDo(PrepareImage(manifest.preprocess)).with_outputs(
-        ERRORS_TAG, main="images")
+    images, bad_images = uris | "PrepareImages" >> beam.ParDo(
+        PrepareImage(manifest.preprocess, keep_jpegs=opts.gpu_decode)).with_outputs(ERRORS_TAG, main="images")
     predictions, failed = (images
                            | "Classify" >> RunInference(handler, model_metadata_pcoll=model_updates)
                            .with_exception_handling())
-    (predictions
-     | "ToLabelRows" >> beam.Map(label_row, opts.run_id, opts.accept_threshold)
-     | "WriteLabels" >> write("labels"))
+    rows, undecoded = (predictions
+                       | "ToLabelRows" >> beam.FlatMap(to_label_row, opts.run_id, opts.accept_threshold)
+                       .with_outputs(ERRORS_TAG, main="labels"))
+    rows | "WriteLabels" >> write("labels")
     failed_inference = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_errors)
-    ((bad_images, failed_inference)
+    ((bad_images, undecoded, failed_inference)
      | "AllErrors" >> beam.Flatten()
      | "ToErrorRows" >> beam.Map(error_row, manifest.model_version, opts.run_id)
      | "WriteErrors" >> write("errors"))

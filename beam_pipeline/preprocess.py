@@ -53,10 +53,12 @@ class PrepareImage(beam.DoFn):
     """Read, decode (JPEG draft mode, EXIF orientation, bomb check), resize and crop on uint8.
 
     Each failure becomes a tagged error record naming the stage: read, or decode (which covers resizing).
+    With `keep_jpegs`, the JPEGs a GPU decodes to the same pixels pass on still encoded (1-D tensors);
+    the model handler decodes them in batches there.
     """
 
-    def __init__(self, preprocess: Preprocess):
-        self.preprocess = preprocess
+    def __init__(self, preprocess: Preprocess, keep_jpegs: bool = False):
+        self.preprocess, self.keep_jpegs = preprocess, keep_jpegs  # keep_jpegs: --gpu-decode
         self.failed = Metrics.counter("alexlabel", "errored_before_inference")
 
     def setup(self):
@@ -72,7 +74,7 @@ class PrepareImage(beam.DoFn):
             stage = "decode"
             if not data:
                 raise ValueError("file is empty")
-            tensor, (width, height) = eval_tensor_from_bytes(data, self.preprocess)
+            tensor, (width, height) = eval_tensor_from_bytes(data, self.preprocess, self.keep_jpegs)
         except Exception as e:  # bad data becomes an error row, never a crash
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(uri, stage, e, size))

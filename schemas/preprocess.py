@@ -71,9 +71,16 @@ class Preprocess:
         return to_uint8_tensor(img.resize((self.crop, self.crop), INTERPOLATIONS[self.interpolation], box=box))
 
     def eval_tensor_chw(self, x: torch.Tensor) -> torch.Tensor:
-        """The same transform on a uint8 CHW tensor, with torch's antialiased uint8 kernel (bilinear only)."""
+        """The same transform on a uint8 CHW tensor, on its device, antialiased bilinear (bilinear only).
+
+        CPUs have torch's uint8 kernel; CUDA's takes floats only, so there the result is rounded back.
+        """
         new_w, new_h, left, top = self.resize_plan(x.shape[2], x.shape[1])
-        y = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", antialias=True)[0]
+        if x.device.type == "cpu":
+            y = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", antialias=True)[0]
+        else:
+            y = F.interpolate(x[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True)[0]
+            y = y.round_().clamp_(0, 255).to(torch.uint8)
         return y[:, top:top + self.crop, left:left + self.crop].contiguous()
 
     def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -87,24 +94,65 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def eval_tensor_from_bytes(data: bytes, pre: Preprocess) -> tuple[torch.Tensor, tuple[int, int]]:
+def eval_tensor_from_bytes(data: bytes, pre: Preprocess, keep_jpeg: bool = False
+                           ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Stored bytes -> the eval tensor and the upright stored size, by the fastest path to the same pixels.
 
     Upright RGB or gray JPEGs too small for draft mode (most photos near the network's size) decode with
     libjpeg-turbo straight into a tensor and resize with torch's uint8 kernel: about 30% less CPU than
     going through a PIL image, and the same pixels to within one level. Every other image, and any JPEG
     that path refuses, takes the PIL path, which also gives the precise error for a broken file.
+
+    With `keep_jpeg`, such a JPEG comes back still encoded (a 1-D uint8 tensor of its bytes), for
+    eval_tensors_from_jpegs to decode in a batch on the model's GPU.
     """
     header = open_image(data)
-    if (header.format == "JPEG" and header.mode in ("RGB", "L") and pre.interpolation == "bilinear"
-            and min(header.size) < 2 * pre.resize and header.getexif().get(ORIENTATION_TAG, 1) == 1):
+    if _direct_jpeg(header, pre):
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if keep_jpeg:
+            return encoded, header.size
         try:
-            x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            return pre.eval_tensor_chw(x), header.size
+            return pre.eval_tensor_chw(decode_jpeg(encoded, mode=ImageReadMode.RGB)), header.size
         except RuntimeError:
             pass
     img, size = _decode(header, pre.resize)  # the header already opened and checked above
     return pre.eval_tensor(img), size
+
+
+def eval_tensors_from_jpegs(jpegs: list[torch.Tensor], pre: Preprocess, device: torch.device
+                            ) -> list[torch.Tensor | Exception]:
+    """JPEGs kept by eval_tensor_from_bytes -> their eval tensors on `device`, decoded together (nvJPEG on
+    CUDA), or for each image that no path decodes, its exception.
+
+    A batch decode fails as a whole, so then each image is tried alone; one the device's decoder refuses
+    takes the CPU paths, so every image decodes here exactly when it would have on the CPU.
+    """
+    try:
+        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        images = [_decode_alone(jpeg, device) for jpeg in jpegs]
+    results = []
+    for jpeg, image in zip(jpegs, images, strict=True):
+        try:
+            results.append(pre.eval_tensor_chw(image) if image is not None else
+                           eval_tensor_from_bytes(jpeg.numpy().tobytes(), pre)[0].to(device))
+        except Exception as e:  # the file is broken: an error row for it, the batch goes on
+            results.append(e)
+    return results
+
+
+def _decode_alone(jpeg: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    try:
+        return decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None
+
+
+def _direct_jpeg(header: Image.Image, pre: Preprocess) -> bool:
+    """A JPEG that libjpeg-turbo or nvJPEG decodes straight to the pixels the PIL path would give: upright
+    RGB or gray, too small for draft mode to pay, resized bilinear (torch's antialiased kernel)."""
+    return (header.format == "JPEG" and header.mode in ("RGB", "L") and pre.interpolation == "bilinear"
+            and min(header.size) < 2 * pre.resize and header.getexif().get(ORIENTATION_TAG, 1) == 1)
 
 
 def open_image(data: bytes) -> Image.Image:

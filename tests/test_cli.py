@@ -45,6 +45,13 @@ def test_gpu_requested_without_a_gpu_fails_loudly(checkpoint, sample_dir, tmp_pa
     assert "--device gpu was asked for but no CUDA GPU works" in line and not (tmp_path / "out").exists()
 
 
+def test_gpu_decode_without_the_gpu_device_is_refused(checkpoint, sample_dir, tmp_path):
+    line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint,
+                                 "--output", tmp_path / "out", "--gpu-decode"))
+    assert "--gpu-decode decodes JPEGs on the GPU the model runs on; add --device gpu" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_label_then_query_summary_sql_and_truth(checkpoint, sample_dir, tmp_path):
     out = tmp_path / "out"
     result = invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint, "--output", out)

@@ -13,10 +13,11 @@ from PIL import Image
 
 from beam_pipeline import model_handler
 from beam_pipeline.options import LabelOptions, UsageError
-from beam_pipeline.pipeline import run
+from beam_pipeline.pipeline import build, counter, make_pipeline, run
 from beam_pipeline.preprocess import PixelsCoder, PrepareImage
+from beam_pipeline.write import make_table_folders
 from schemas.checkpoint import load_checkpoint
-from schemas.preprocess import Preprocess, decode_image
+from schemas.preprocess import Preprocess, decode_image, eval_tensor_from_bytes
 from schemas.tables import TABLES
 from trainer.evaluate import load_model
 
@@ -190,3 +191,49 @@ def test_decoded_images_are_coded_as_shape_and_bytes_not_pickled():
     back = coder.decode(coder.encode((meta, pixels)))
     assert back[0] == meta and torch.equal(back[1], pixels)
     assert PixelsCoder().estimate_size(pixels) == len(PixelsCoder().encode(pixels))
+
+
+def small_jpeg(path, size, seed: int) -> bytes:
+    """A photo-like JPEG below draft mode's threshold for the test checkpoint: the kind --gpu-decode keeps."""
+    pixels = torch.randint(0, 256, (size[1] // 4, size[0] // 4, 3), generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.uint8).numpy()
+    Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR).save(path, quality=90)
+    return path.read_bytes()
+
+
+def test_gpu_decode_chain_labels_as_the_cpu_path_does(bucket, checkpoint, tmp_path):
+    """--gpu-decode's chain run on the CPU (CI has no GPU): JPEGs pass PrepareImage still encoded and the
+    handler decodes each batch on the model's device. Every image must come out exactly as without it,
+    including a truncated JPEG that only fails once the handler decodes it."""
+    manifest = load_checkpoint(checkpoint)[1]
+    images = tmp_path / "images"
+    images.mkdir()
+    kept = [small_jpeg(images / f"small_{i}.jpg", (60 + 7 * i, 48), seed=i) for i in range(5)]
+    (images / "truncated.jpg").write_bytes(kept[0][:len(kept[0]) // 2])
+    for name in ("img_00001.jpg", "img_00002.jpg", "broken_random.png"):  # draft-mode JPEGs and a non-JPEG
+        shutil.copy(f"{bucket}/{name}", images / name)
+    assert all(eval_tensor_from_bytes(data, manifest.preprocess, keep_jpeg=True)[0].dim() == 1 for data in kept)
+
+    outputs = {}
+    for gpu_decode in (False, True):
+        out = str(tmp_path / f"out-{gpu_decode}")
+        opts = LabelOptions(inputs=[f"{images}/*"], checkpoint=checkpoint, output=out, top_k=TOP_K,
+                            precision="fp32", min_batch_size=4, max_batch_size=4, gpu_decode=gpu_decode,
+                            run_id=f"gpu-decode-{gpu_decode}")
+        make_table_folders(out, manifest.model_version)
+        with make_pipeline(opts) as p:  # validate() refuses --gpu-decode without a GPU, so build directly
+            build(p, opts, manifest, done_files=[])
+        assert counter(p.result, "decoded_on_device") == (6 if gpu_decode else 0)  # 5 small JPEGs + truncated
+        outputs[gpu_decode] = ({r["uri"]: r for r in read_table(out, "labels")},
+                               {r["uri"]: r for r in read_table(out, "errors")})
+
+    (labels, errors), (gpu_labels, gpu_errors) = outputs[False], outputs[True]
+    assert len(labels) == 7 and set(gpu_labels) == set(labels)
+    for uri, row in labels.items():
+        assert gpu_labels[uri]["topk_labels"] == row["topk_labels"], uri
+        assert gpu_labels[uri]["topk_confidences"] == pytest.approx(row["topk_confidences"], abs=1e-6), uri
+        assert (gpu_labels[uri]["width"], gpu_labels[uri]["content_sha256"]) == (row["width"], row["content_sha256"])
+    assert set(errors) == set(gpu_errors) == {f"{images}/truncated.jpg", f"{images}/broken_random.png"}
+    for uri, row in errors.items():
+        assert {k: gpu_errors[uri][k] for k in ("stage", "error_type", "message", "size_bytes")} == \
+            {k: row[k] for k in ("stage", "error_type", "message", "size_bytes")}
