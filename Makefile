@@ -29,7 +29,7 @@ test: install browser  ## lint, then the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-.PHONY: browser bench bench-query bench-train
+.PHONY: browser bench bench-query bench-train bench-gpu
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 browser:  ## Debian's chromium, which the report test renders pages in (once; needs root or sudo)
@@ -44,6 +44,9 @@ bench: install bench-query  ## labeling speed: ours beside the references, ratio
 
 bench-query: install  ## time query --summary and --review 100 over 1 million label rows (target: 2 s each)
 	$(BIN)/python benchmarks/query_bench.py
+
+bench-gpu: install  ## on a GPU: decode + infer beside infer alone, end to end with and without --gpu-decode
+	$(BIN)/python benchmarks/bench_gpu.py --images $(or $(IMAGES),5000) --workdir bench-out $(BENCH_ARGS)
 
 bench-train: install  ## training images/s, synthetic vs JPEG loading, eager vs compiled (meant for a GPU)
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)
