@@ -1,13 +1,19 @@
 """The `alexlabel` command: one entry point for sample data, training, labeling and queries."""
+import importlib
 import logging
 
 import click
 
 from alexlabel import __version__
-from beam_pipeline.cli import export_command, label_command, query_command, report_command, schema_command
 from schemas.errors import UserError
 from schemas.redact import redact
-from trainer.cli import evaluate_command, import_weights_command, train_command
+
+# Each command's module is imported only when that command runs: `alexlabel query` needs DuckDB, not the
+# seconds of importing torch, torchvision and Beam that training and labeling do.
+LAZY_COMMANDS = {"train": "trainer.cli:train_command", "evaluate": "trainer.cli:evaluate_command",
+                 "import-weights": "trainer.cli:import_weights_command", "label": "beam_pipeline.cli:label_command",
+                 "query": "beam_pipeline.cli:query_command", "report": "beam_pipeline.cli:report_command",
+                 "export": "beam_pipeline.cli:export_command", "schema": "beam_pipeline.cli:schema_command"}
 
 
 class RedactSecrets(logging.Filter):
@@ -19,7 +25,19 @@ class RedactSecrets(logging.Filter):
 
 
 class Commands(click.Group):
-    """Bad input the user can fix prints as one `Error: ...` line with exit status 1, no traceback."""
+    """Bad input the user can fix prints as one `Error: ...` line with exit status 1, no traceback.
+
+    The LAZY_COMMANDS load when named (or when --help lists them all).
+    """
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx, name):
+        if name not in LAZY_COMMANDS:
+            return super().get_command(ctx, name)
+        module, attr = LAZY_COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx):
         try:
@@ -58,7 +76,3 @@ def demo_command(workdir, seed, epochs):
 
     run_demo(workdir, seed, epochs)
 
-
-for command in (train_command, evaluate_command, label_command, query_command, report_command, export_command,
-                schema_command, import_weights_command):
-    main.add_command(command)

@@ -4,8 +4,7 @@ import json
 import click
 
 from beam_pipeline.heap import bound_heap
-from beam_pipeline.options import RUNNERS, LabelOptions
-from beam_pipeline.read import DEFAULT_EXTENSIONS
+from beam_pipeline.options import DEFAULT_EXTENSIONS, RUNNERS, LabelOptions
 from schemas.tables import TABLES, bigquery_schema
 
 

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from beam_pipeline.read import DEFAULT_EXTENSIONS
 from schemas.errors import UserError
 
 RUNNERS = ("DirectRunner", "DataflowRunner")
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
 # Dataflow machine types that can host each GPU: L4s come only on G2 machines, the others attach to N1.
 GPU_MACHINES = {"nvidia-l4": "g2-standard-8", "nvidia-tesla-t4": "n1-standard-8",
                 "nvidia-tesla-v100": "n1-standard-8", "nvidia-tesla-p100": "n1-standard-8",

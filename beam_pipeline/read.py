@@ -7,10 +7,10 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.options import DEFAULT_EXTENSIONS
 from schemas.errors import UserError, first_line
 from schemas.redact import redact
 
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
 MATCHED = Metrics.counter("alexlabel", "matched")
 SKIPPED = Metrics.counter("alexlabel", "skipped")
 
