@@ -1,6 +1,8 @@
 """The `alexlabel` command: bad input is one line and a non-zero exit with nothing written; queries."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -43,6 +45,16 @@ def test_gpu_requested_without_a_gpu_fails_loudly(checkpoint, sample_dir, tmp_pa
     line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint,
                                  "--output", tmp_path / "out", "--device", "gpu"))
     assert "--device gpu was asked for but no CUDA GPU works" in line and not (tmp_path / "out").exists()
+
+
+def test_query_and_schema_commands_start_without_importing_torch_or_beam():
+    """Each command's module loads only when it runs: querying needs DuckDB, not seconds of torch and Beam."""
+    code = ("import sys; from alexlabel.cli import main\n"
+            "try: main(['schema', 'runs'])\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'apache_beam') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "run_id" in result.stdout and result.stdout.strip().endswith("[]"), result.stdout
 
 
 def test_gpu_decode_without_the_gpu_device_is_refused(checkpoint, sample_dir, tmp_path):
