@@ -14,13 +14,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_pipeline.heap import trim_heap
+from beam_pipeline.preprocess import error_record
 from beam_pipeline.raw_pixels import fold_normalization
 from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
 from schemas.errors import UserError
 from schemas.preprocess import Preprocess, eval_tensors_from_jpegs
 from trainer.models import build_model
 
-DECODED_ON_DEVICE = Metrics.counter("alexlabel", "decoded_on_device")
+PASSED_ENCODED = Metrics.counter("alexlabel", "passed_encoded")  # JPEGs for the batch decoder (--gpu-decode)
 Example = tuple[dict, torch.Tensor]  # (image metadata, uint8 CHW pixels or, with --gpu-decode, 1-D JPEG bytes)
 
 
@@ -96,7 +97,7 @@ def decode_jpegs(images: list[torch.Tensor], model: Classifier) -> list[torch.Te
     jpegs = [image for image in images if image.dim() == 1]
     if not jpegs:
         return images
-    DECODED_ON_DEVICE.inc(len(jpegs))
+    PASSED_ENCODED.inc(len(jpegs))
     decoded = iter(eval_tensors_from_jpegs(jpegs, model.manifest.preprocess, model.device))
     return [next(decoded) if image.dim() == 1 else image for image in images]
 
@@ -138,13 +139,15 @@ class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
     def run_inference(self, batch: Sequence[Example], model: Classifier,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         """Top-k per image. An encoded JPEG that no decoder reads gives a PredictionResult whose inference
-        is its exception; ToRows turns that into an errors row, and the rest of the batch is labeled."""
+        is {"error": its errors record}; ToLabelRows routes that to the errors table, and the rest of the
+        batch is labeled."""
         metas = [meta for meta, _ in batch]
         images = decode_jpegs([tensor for _, tensor in batch], model)
         version = model.manifest.model_version
         good = [i for i, image in enumerate(images) if not isinstance(image, Exception)]
-        results = [PredictionResult(meta, image, version) for meta, image in zip(metas, images, strict=True)
-                   if isinstance(image, Exception)]
+        results = [PredictionResult(meta, {"error": error_record(meta["uri"], "decode", image, meta["size_bytes"])},
+                                    version)
+                   for meta, image in zip(metas, images, strict=True) if isinstance(image, Exception)]
         if not good:
             return results
         x = to_batch([images[i] for i in good], model.device).to(model.dtype)  # pixels 0-255, exact in bf16

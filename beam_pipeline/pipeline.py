@@ -51,11 +51,9 @@ def failed_batch_errors(failure):
 
 
 def to_label_row(result, run_id: str, accept_threshold: float):
-    """A prediction -> its labels row; a JPEG that could not be decoded on the model's device -> its error."""
-    if isinstance(result.inference, Exception):
-        meta = result.example
-        yield beam.pvalue.TaggedOutput(ERRORS_TAG, error_record(meta["uri"], "decode", result.inference,
-                                                                meta["size_bytes"]))
+    """A prediction -> its labels row; a JPEG the handler could not decode (--gpu-decode) -> its error."""
+    if "error" in result.inference:
+        yield beam.pvalue.TaggedOutput(ERRORS_TAG, result.inference["error"])
     else:
         yield label_row(result, run_id, accept_threshold)
 

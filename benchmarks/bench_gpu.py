@@ -5,30 +5,50 @@ On the ImageNet-sized JPEGs and the 1000-class AlexNet of `make bench`, through 
   GPU decode + infer:   batches of JPEG bytes, decoded there with nvJPEG (what --gpu-decode does), then the same
   CPU decode:           the CPU's decode + resize + crop alone, on all cores, the rate --gpu-decode replaces
 and end to end, `alexlabel label --device gpu` on the DirectRunner, without and with --gpu-decode, each with
-its images/s and peak memory. It also checks that GPU-decoded images get the CPU-decoded images' top-1.
+its images/s and peak memory. It also compares the GPU-decoded pixels with the CPU's (color and grayscale
+JPEGs) and the top-1 each gets (of a seeded untrained model: a check of the plumbing, not of accuracy).
 
 Usage: python benchmarks/bench_gpu.py [--images 5000] [--batch 256] [--device gpu]
 (--device cpu runs the same measurements on a machine without a GPU, to check the script itself.)
 """
 import argparse
+import io
 import json
 import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 from bench_label import make_model, ours
 from make_images import ensure_images
+from PIL import Image
 
 from beam_pipeline.model_handler import AlexNetModelHandler
-from schemas.preprocess import eval_tensor_from_bytes
+from schemas.preprocess import eval_tensor_from_bytes, eval_tensors_from_jpegs
 
 
 def prepared(args: tuple[str, object]) -> torch.Tensor:
     path, pre = args
     with open(path, "rb") as f:
         return eval_tensor_from_bytes(f.read(), pre)[0]
+
+
+def pixel_agreement(files: list[str], cpu_pixels: list[torch.Tensor], pre, device: torch.device) -> dict:
+    """How far the batch decoder's eval tensors are from the CPU path's, on color and grayscale JPEGs."""
+    gray = []
+    for f in files[:20]:
+        buffer = io.BytesIO()
+        Image.open(f).convert("L").save(buffer, "JPEG", quality=90)
+        gray.append(buffer.getvalue())
+    cpu = cpu_pixels + [eval_tensor_from_bytes(g, pre)[0] for g in gray]
+    jpegs = [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in files]
+    jpegs += [eval_tensor_from_bytes(g, pre, keep_jpeg=True)[0] for g in gray]
+    on_device = eval_tensors_from_jpegs(jpegs, pre, device)
+    diff = torch.stack([(a.cpu().int() - b.int()).abs() for a, b in zip(on_device, cpu, strict=True)])
+    return {"images": len(jpegs), "max_level_diff": diff.max().item(),
+            "share_off_by_more_than_1": round((diff > 1).float().mean().item(), 5)}
 
 
 def rate(handler, model, inputs: list[torch.Tensor], batch: int, seconds: float = 10.0) -> tuple[float, list]:
@@ -72,7 +92,8 @@ def main():
             jpegs.append(eval_tensor_from_bytes(fh.read(), pre, keep_jpeg=True)[0])
     assert all(j.dim() == 1 for j in jpegs), "every benchmark JPEG should take the GPU-decode path"
 
-    results = {"images": len(files), "cores": os.cpu_count(), "batch": args.batch, "device": str(model.device),
+    results = {"pixels_gpu_vs_cpu_decode": pixel_agreement(files[:200], pixels[:200], pre, model.device)}
+    results |= {"images": len(files), "cores": os.cpu_count(), "batch": args.batch, "device": str(model.device),
                "gpu": torch.cuda.get_device_name() if model.device.type == "cuda" else None}
     results["cpu_decode_images_per_s"] = round(cpu_decode)
     infer, top1 = rate(handler, model, pixels, args.batch)

@@ -16,6 +16,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Errors of the GPU itself, not of a file: they must fail the batch rather than become a file's error row.
+DEVICE_FAILURES = (torch.OutOfMemoryError, torch.AcceleratorError)
 MAX_PIXELS = 100_000_000  # larger images are refused before their pixels are decoded (bombs)
 ORIENTATION_TAG = 0x0112
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -122,21 +124,28 @@ def eval_tensor_from_bytes(data: bytes, pre: Preprocess, keep_jpeg: bool = False
 def eval_tensors_from_jpegs(jpegs: list[torch.Tensor], pre: Preprocess, device: torch.device
                             ) -> list[torch.Tensor | Exception]:
     """JPEGs kept by eval_tensor_from_bytes -> their eval tensors on `device`, decoded together (nvJPEG on
-    CUDA), or for each image that no path decodes, its exception.
+    CUDA), or for each file that no decoder reads, its exception.
 
     A batch decode fails as a whole, so then each image is tried alone; one the device's decoder refuses
-    takes the CPU paths, so every image decodes here exactly when it would have on the CPU.
+    takes the CPU paths. A failing device (out of memory, a CUDA error) raises: that fails the batch, never
+    a good file.
     """
     try:
         images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+    except DEVICE_FAILURES:
+        raise
     except RuntimeError:
         images = [_decode_alone(jpeg, device) for jpeg in jpegs]
     results = []
     for jpeg, image in zip(jpegs, images, strict=True):
+        if image is not None:
+            results.append(pre.eval_tensor_chw(image))
+            continue
         try:
-            results.append(pre.eval_tensor_chw(image) if image is not None else
-                           eval_tensor_from_bytes(jpeg.numpy().tobytes(), pre)[0].to(device))
-        except Exception as e:  # the file is broken: an error row for it, the batch goes on
+            results.append(eval_tensor_from_bytes(jpeg.numpy().tobytes(), pre)[0].to(device))
+        except Exception as e:  # the file is broken (as in PrepareImage): an error row for it
+            if isinstance(e, DEVICE_FAILURES):
+                raise
             results.append(e)
     return results
 
@@ -144,13 +153,16 @@ def eval_tensors_from_jpegs(jpegs: list[torch.Tensor], pre: Preprocess, device: 
 def _decode_alone(jpeg: torch.Tensor, device: torch.device) -> torch.Tensor | None:
     try:
         return decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)
+    except DEVICE_FAILURES:
+        raise
     except RuntimeError:
         return None
 
 
 def _direct_jpeg(header: Image.Image, pre: Preprocess) -> bool:
-    """A JPEG that libjpeg-turbo or nvJPEG decodes straight to the pixels the PIL path would give: upright
-    RGB or gray, too small for draft mode to pay, resized bilinear (torch's antialiased kernel)."""
+    """A JPEG to decode straight into a tensor: upright RGB or gray, too small for draft mode to pay,
+    resized bilinear (torch's antialiased kernel). libjpeg-turbo gives the PIL path's pixels to within one
+    level; nvJPEG's inverse DCT and upsampling differ slightly (`make bench-gpu` measures by how much)."""
     return (header.format == "JPEG" and header.mode in ("RGB", "L") and pre.interpolation == "bilinear"
             and min(header.size) < 2 * pre.resize and header.getexif().get(ORIENTATION_TAG, 1) == 1)
 

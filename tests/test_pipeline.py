@@ -16,8 +16,9 @@ from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.pipeline import build, counter, make_pipeline, run
 from beam_pipeline.preprocess import PixelsCoder, PrepareImage
 from beam_pipeline.write import make_table_folders
+from schemas import preprocess as preprocess_contract
 from schemas.checkpoint import load_checkpoint
-from schemas.preprocess import Preprocess, decode_image, eval_tensor_from_bytes
+from schemas.preprocess import Preprocess, decode_image, eval_tensor_from_bytes, eval_tensors_from_jpegs
 from schemas.tables import TABLES
 from trainer.evaluate import load_model
 
@@ -223,12 +224,13 @@ def test_gpu_decode_chain_labels_as_the_cpu_path_does(bucket, checkpoint, tmp_pa
         make_table_folders(out, manifest.model_version)
         with make_pipeline(opts) as p:  # validate() refuses --gpu-decode without a GPU, so build directly
             build(p, opts, manifest, done_files=[])
-        assert counter(p.result, "decoded_on_device") == (6 if gpu_decode else 0)  # 5 small JPEGs + truncated
-        outputs[gpu_decode] = ({r["uri"]: r for r in read_table(out, "labels")},
-                               {r["uri"]: r for r in read_table(out, "errors")})
+        assert counter(p.result, "passed_encoded") == (6 if gpu_decode else 0)  # 5 small JPEGs + truncated
+        labels, errors = read_table(out, "labels"), read_table(out, "errors")
+        assert (len(labels), len(errors)) == (7, 2)  # each file exactly once
+        outputs[gpu_decode] = {r["uri"]: r for r in labels}, {r["uri"]: r for r in errors}
 
     (labels, errors), (gpu_labels, gpu_errors) = outputs[False], outputs[True]
-    assert len(labels) == 7 and set(gpu_labels) == set(labels)
+    assert set(gpu_labels) == set(labels)
     for uri, row in labels.items():
         assert gpu_labels[uri]["topk_labels"] == row["topk_labels"], uri
         assert gpu_labels[uri]["topk_confidences"] == pytest.approx(row["topk_confidences"], abs=1e-6), uri
@@ -237,3 +239,25 @@ def test_gpu_decode_chain_labels_as_the_cpu_path_does(bucket, checkpoint, tmp_pa
     for uri, row in errors.items():
         assert {k: gpu_errors[uri][k] for k in ("stage", "error_type", "message", "size_bytes")} == \
             {k: row[k] for k in ("stage", "error_type", "message", "size_bytes")}
+
+
+def test_the_batch_decoder_falls_back_to_the_cpu_for_a_refused_jpeg_but_a_failing_device_fails(tmp_path,
+                                                                                                monkeypatch):
+    pre = Preprocess(36, 32)
+    data = small_jpeg(tmp_path / "a.jpg", (60, 48), seed=0)
+    encoded = eval_tensor_from_bytes(data, pre, keep_jpeg=True)[0]
+    real = preprocess_contract.decode_jpeg
+
+    def device_decoder(failure):
+        def decode(jpegs, mode, device=None):  # calls naming a device are the batch decoder's, the rest the CPU's
+            if device is not None:
+                raise failure
+            return real(jpegs, mode=mode)
+        return decode
+
+    monkeypatch.setattr(preprocess_contract, "decode_jpeg", device_decoder(RuntimeError("nvjpeg: refused")))
+    (tensor,) = eval_tensors_from_jpegs([encoded], pre, torch.device("cpu"))
+    assert torch.equal(tensor, eval_tensor_from_bytes(data, pre)[0])
+    monkeypatch.setattr(preprocess_contract, "decode_jpeg", device_decoder(torch.OutOfMemoryError("CUDA OOM")))
+    with pytest.raises(torch.OutOfMemoryError):  # the batch fails (infer error rows), never a good file's row
+        eval_tensors_from_jpegs([encoded], pre, torch.device("cpu"))
