@@ -12,8 +12,6 @@ kept: comparing versions is the point of keeping them.
 import csv
 import io
 import json
-import os
-import posixpath
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
@@ -24,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.errors import UserError, first_line
-from schemas.storage import as_url, atomic_write_bytes, glob_urls, is_local, read_bytes
+from schemas.storage import atomic_write_bytes, glob_urls, is_local, read_bytes, resolve_uri
 from schemas.tables import TABLES
 
 REVIEW_ORDER = {"confidence": "confidence, margin, uri", "margin": "margin, confidence, uri"}
@@ -152,7 +150,7 @@ def load_truth(con: duckdb.DuckDBPyConnection, truth: str) -> None:
         con.register("truth", folder_truth(fs, path, truth))
         key, how = "parse_filename(l.uri)", "file name"
     elif fs.isfile(path):
-        con.register("truth", csv_truth(fs, path, truth))
+        con.register("truth", csv_truth(truth))
         key, how = "l.uri", "uri"
     else:
         raise QueryError(f"truth {truth} does not exist; pass a uri,label CSV or an ImageFolder tree DIR/<class>/")
@@ -163,14 +161,11 @@ def load_truth(con: duckdb.DuckDBPyConnection, truth: str) -> None:
         raise QueryError(f"no labeled image matches truth {truth} by {how}; check that it describes this output")
 
 
-def csv_truth(fs: fsspec.AbstractFileSystem, path: str, truth: str) -> pa.Table:
+def csv_truth(truth: str) -> pa.Table:
     rows = list(csv.DictReader(io.StringIO(read_bytes(truth).decode())))
     if not rows or not {"uri", "label"} <= rows[0].keys():
         raise QueryError(f"truth file {truth} needs a header line with the columns uri,label")
-    base = posixpath.dirname(os.path.abspath(path) if is_local(fs) else path)
-    uris = [r["uri"] if "://" in r["uri"] else as_url(fs, posixpath.normpath(posixpath.join(base, r["uri"])))
-            for r in rows]
-    return pa.table({"key": uris, "label": [r["label"] for r in rows]})
+    return pa.table({"key": [resolve_uri(r["uri"], truth) for r in rows], "label": [r["label"] for r in rows]})
 
 
 def folder_truth(fs: fsspec.AbstractFileSystem, path: str, truth: str) -> pa.Table:

@@ -1,4 +1,6 @@
 """Reading and atomically writing whole objects on any fsspec URL (local paths, gs://, memory://)."""
+import os
+import posixpath
 import uuid
 
 import fsspec
@@ -16,6 +18,16 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 def as_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A path as the tables spell URIs: plain absolute paths locally, full URLs (gs://...) elsewhere."""
     return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def resolve_uri(uri: str, manifest: str) -> str:
+    """A uri listed in a manifest file, as the tables spell URIs: absolute ones unchanged, relative ones
+    taken from the manifest's folder, with `..` folded, so the same file always gets the same key."""
+    if "://" in uri or uri.startswith("/"):
+        return uri
+    fs, path = fsspec.core.url_to_fs(manifest)
+    base = posixpath.dirname(os.path.abspath(path) if is_local(fs) else path)
+    return as_url(fs, posixpath.normpath(posixpath.join(base, uri)))
 
 
 def glob_urls(pattern: str) -> list[str]:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from schemas.checkpoint import FORMAT_VERSION, CheckpointError, Manifest, load_checkpoint, save_checkpoint
 from schemas.preprocess import ImageTooLarge, Preprocess, decode_image
+from schemas.storage import resolve_uri
 from schemas.tables import ERRORS, LABELS, RUNS, bigquery_schema
 
 
@@ -222,3 +223,13 @@ def test_every_common_format_decodes_to_upright_rgb(name):
         assert left[0] == left[1] == left[2] and left != right
     else:
         assert left[0] > 150 > left[2] and right[2] > 150 > right[0], (left, right)
+
+
+def test_manifest_uris_resolve_one_way_for_the_trainer_and_the_query_tool(tmp_path, monkeypatch):
+    """Relative uris in a manifest or truth file name the same file as the tables' absolute uris."""
+    monkeypatch.chdir(tmp_path)
+    assert resolve_uri("img/./b.jpg", "data/m.csv") == f"{tmp_path}/data/img/b.jpg"
+    assert resolve_uri("../up/c.jpg", f"{tmp_path}/data/m.csv") == f"{tmp_path}/up/c.jpg"
+    assert resolve_uri("/abs/a.jpg", "gs://bkt/m.csv") == "/abs/a.jpg"
+    assert resolve_uri("gs://other/d.jpg", "data/m.csv") == "gs://other/d.jpg"
+    assert resolve_uri("../e.jpg", "memory://bkt/dir/m.csv") == "memory:///bkt/e.jpg"

@@ -109,10 +109,11 @@ def write_csv(path, rows, header=("uri", "label", "decision")):
 
 def test_manifest_reads_csv_and_parquet_resolves_relative_uris_and_filters_decisions(tmp_path):
     write_csv(tmp_path / "m.csv", [("img/b.jpg", "owl", "accept"), ("/abs/a.jpg", "cat", "review"),
-                                   ("gs://bkt/c.jpg", "cat", "accept")])
+                                   ("gs://bkt/c.jpg", "cat", "accept"), ("../up/d.jpg", "owl", "review")])
     classes, samples = manifest_samples(str(tmp_path / "m.csv"))
     assert classes == ["cat", "owl"]
-    assert samples == [(f"{tmp_path}/img/b.jpg", 1), ("/abs/a.jpg", 0), ("gs://bkt/c.jpg", 0)]
+    assert samples == [(f"{tmp_path}/img/b.jpg", 1), ("/abs/a.jpg", 0), ("gs://bkt/c.jpg", 0),
+                       (f"{tmp_path.parent}/up/d.jpg", 1)]
     assert manifest_samples(str(tmp_path / "m.csv"), decision="accept")[1] == [(f"{tmp_path}/img/b.jpg", 1),
                                                                              ("gs://bkt/c.jpg", 0)]
     table = pa.table({"uri": ["/x/1.jpg", "/x/2.jpg"], "label": ["owl", "cat"], "decision": ["accept", "review"],

@@ -16,7 +16,7 @@ from torchvision import transforms
 
 from schemas.errors import UserError, first_line
 from schemas.preprocess import INTERPOLATIONS, Preprocess, decode_image, eval_tensor_from_bytes, to_uint8_tensor
-from schemas.storage import read_bytes
+from schemas.storage import read_bytes, resolve_uri
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CROPS = ("random-resized", "paper")
@@ -72,9 +72,7 @@ def read_manifest(url: str, decision: str | None = None) -> list[tuple[str, str]
         raise DataError(f"manifest {url} has no column {', '.join(missing)} (it has {', '.join(table.column_names)})"
                         + ("; drop --decision for tables without decisions" if "decision" in missing else ""))
     rows = table.select(needed).to_pylist()
-    base = url.rsplit("/", 1)[0] + "/" if "/" in url else ""
-    out = [(r["uri"] if "://" in r["uri"] or r["uri"].startswith("/") else base + r["uri"], str(r["label"]))
-           for r in rows if not decision or r["decision"] == decision]
+    out = [(resolve_uri(r["uri"], url), str(r["label"])) for r in rows if not decision or r["decision"] == decision]
     if not out:
         raise DataError(f"manifest {url} has no rows" + (f" with decision {decision!r}" if decision else ""))
     return out
