@@ -53,8 +53,8 @@ class PrepareImage(beam.DoFn):
     """Read, decode (JPEG draft mode, EXIF orientation, bomb check), resize and crop on uint8.
 
     Each failure becomes a tagged error record naming the stage: read, or decode (which covers resizing).
-    With `keep_jpegs`, the JPEGs a GPU decodes to the same pixels pass on still encoded (1-D tensors);
-    the model handler decodes them in batches there.
+    With `keep_jpegs` (--gpu-decode), the JPEGs that decode straight into a tensor pass on still encoded
+    (1-D tensors); the model handler decodes them in batches on its device.
     """
 
     def __init__(self, preprocess: Preprocess, keep_jpegs: bool = False):
