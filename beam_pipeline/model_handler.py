@@ -15,6 +15,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_pipeline.heap import trim_heap
 from beam_pipeline.preprocess import error_record
+from beam_pipeline.lean_layers import lean_for_inference
 from beam_pipeline.raw_pixels import fold_normalization
 from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
 from schemas.errors import UserError
@@ -61,7 +62,7 @@ def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto
     state_dict, manifest = load_checkpoint(checkpoint)
     try:
         module = build_model(manifest.arch, len(manifest.class_names), state_dict, **manifest.arch_kwargs)
-        module = fold_normalization(module, manifest.preprocess)
+        module = lean_for_inference(fold_normalization(module, manifest.preprocess))
     except ValueError as e:
         raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
     torch_device = resolve_device(device)

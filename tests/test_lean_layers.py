@@ -1,0 +1,33 @@
+"""The inference rewrites compute exactly what the network they replace computes."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from beam_pipeline.lean_layers import SeparableMaxPool2d, lean_for_inference
+from trainer.models import build_model
+
+
+@pytest.mark.parametrize("arch, size, dtype", [("alexnet", 224, torch.bfloat16), ("alexnet2012", 227, torch.float32),
+                                               ("alexnet_small", 64, torch.bfloat16)])
+def test_the_lean_network_gives_bit_identical_outputs(arch, size, dtype):
+    torch.manual_seed(0)
+    model = build_model(arch, 10).eval().to(dtype, memory_format=torch.channels_last)
+    lean = lean_for_inference(copy.deepcopy(model))
+    x = torch.randn(4, 3, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.equal(lean(x), model(x))
+    layers = [type(m).__name__ for m in lean.features]
+    if arch == "alexnet":  # every pool became separable, each with its ReLU after it
+        assert layers[:3] == ["Conv2d", "SeparableMaxPool2d", "ReLU"] and layers[-2:] == ["SeparableMaxPool2d", "ReLU"]
+    if arch == "alexnet_small":  # its last pool rounds its size up: not rewritten
+        assert layers[-2:] == ["MaxPool2d", "ReLU"]
+    if arch == "alexnet2012":  # LRN sits between ReLU and pool: the order stays
+        assert layers[1:4] == ["ReLU", "LocalResponseNorm", "SeparableMaxPool2d"]
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(3, 2, 55), (3, 2, 13), (2, 2, 8), (3, 1, 7), (3, 3, 10)])
+def test_the_separable_pool_is_max_pool(kernel, stride, size):
+    x = torch.randn(2, 5, size, size + 3)
+    assert torch.equal(SeparableMaxPool2d(kernel, stride)(x), nn.functional.max_pool2d(x, kernel, stride))
