@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from beam_pipeline.lean_layers import SeparableMaxPool2d, lean_for_inference
+from beam_pipeline.model_handler import load_classifier
 from trainer.models import build_model
 
 
@@ -31,3 +32,9 @@ def test_the_lean_network_gives_bit_identical_outputs(arch, size, dtype):
 def test_the_separable_pool_is_max_pool(kernel, stride, size):
     x = torch.randn(2, 5, size, size + 3)
     assert torch.equal(SeparableMaxPool2d(kernel, stride)(x), nn.functional.max_pool2d(x, kernel, stride))
+
+
+def test_the_labeling_model_on_a_cpu_is_the_lean_network(checkpoint):
+    module = load_classifier(checkpoint, "cpu").module
+    assert any(isinstance(m, SeparableMaxPool2d) for m in module.modules())
+    assert not any(isinstance(m, nn.MaxPool2d) and not m.ceil_mode for m in module.modules())
