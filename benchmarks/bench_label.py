@@ -6,16 +6,20 @@ On the same ImageNet-sized JPEGs (about 500x375) and the same 1000-class torchvi
   (b) reference_beam_example.py: a pipeline written the way Beam's pytorch_image_classification example is,
   (c) reference_torch.py: a plain PyTorch DataLoader loop (2 workers, bf16 autocast, channels_last),
   (d) the model forward alone on in-memory tensors (bf16 autocast, channels_last, batch 64, all cores),
-and prints a/b, a/c, a/d with each run's peak resident memory. --scaling also labels 1,000, 10,000 and
-20,000 images to show time grows linearly and memory stays flat in the input size.
+and prints a/b, a/c, a/d with each run's peak resident memory. The four take turns for --rounds rounds
+(default 3): each images/s figure is the median of its rounds, and each ratio the median of the rounds'
+ratios (a and its reference run a minute apart, so the machine's slow drift cancels).
+--scaling also labels 1,000, 10,000 and 20,000 images to show time grows linearly and memory stays flat
+in the input size.
 
-Usage: python benchmarks/bench_label.py [--images 2000] [--workdir bench-out] [--scaling]
+Usage: python benchmarks/bench_label.py [--images 2000] [--rounds 3] [--workdir bench-out] [--scaling]
 """
 import argparse
 import glob
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -96,10 +100,19 @@ def forward_only(seconds: float = 8.0) -> dict:
     return {"images_per_s": n / (time.perf_counter() - t0), "threads": torch.get_num_threads()}
 
 
+def summarize(runs: list[dict]) -> dict:
+    """The median run's images/s, the range over all runs, and the highest peak memory."""
+    speeds = sorted(run["images_per_s"] for run in runs)
+    summary = {"images_per_s": statistics.median(speeds), "range": [speeds[0], speeds[-1]]}
+    peaks = [run["peak_mib"] for run in runs if "peak_mib" in run]
+    return summary | ({"peak_mib": max(peaks)} if peaks else {})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--workdir", default="bench-out")
+    ap.add_argument("--rounds", type=int, default=3, help="times each of (a)-(d) runs, in turns (default 3)")
     ap.add_argument("--scaling", type=int, nargs="*", metavar="N",
                     help="also label N images for each N given (default 1000 10000 20000): time should grow "
                          "linearly, memory stay flat")
@@ -110,18 +123,24 @@ def main():
     images = ensure_images(images_dir, args.images)
     state_dict, checkpoint = make_model(args.workdir)
 
-    results = {"images": len(images), "cores": os.cpu_count()}
-    results["a_ours"] = ours(images_dir, checkpoint, os.path.join(args.workdir, "ours-out"), args.label_args)
-    print("a", results["a_ours"], flush=True)
-    results["b_beam_example"] = reference_beam(images, state_dict, args.workdir)
-    print("b", results["b_beam_example"], flush=True)
-    results["c_torch_loop"] = reference_torch(images_dir, state_dict)
-    print("c", results["c_torch_loop"], flush=True)
-    results["d_forward_only"] = forward_only()
-    print("d", results["d_forward_only"], flush=True)
-    a = results["a_ours"]["images_per_s"]
-    results["ratios"] = {k: round(a / results[v]["images_per_s"], 2) for k, v in
-                         (("a/b", "b_beam_example"), ("a/c", "c_torch_loop"), ("a/d", "d_forward_only"))}
+    # (a)-(d) take turns, round after round: this shared machine's speed drifts by 20% within minutes,
+    # and each ratio comes from the medians of runs that saw the same drift.
+    runs = {"a_ours": lambda: ours(images_dir, checkpoint, os.path.join(args.workdir, "ours-out"), args.label_args),
+            "b_beam_example": lambda: reference_beam(images, state_dict, args.workdir),
+            "c_torch_loop": lambda: reference_torch(images_dir, state_dict),
+            "d_forward_only": forward_only}
+    rounds = {name: [] for name in runs}
+    for i in range(args.rounds):
+        for name, measure in runs.items():
+            rounds[name].append(measure())
+            print(f"round {i + 1}", name, rounds[name][-1], flush=True)
+    results = {"images": len(images), "cores": os.cpu_count(), "rounds": args.rounds}
+    results.update({name: summarize(runs_of) for name, runs_of in rounds.items()})
+    pairs = (("a/b", "b_beam_example"), ("a/c", "c_torch_loop"), ("a/d", "d_forward_only"))
+    results["ratios_by_round"] = {k: [round(ours_run["images_per_s"] / ref["images_per_s"], 2)
+                                      for ours_run, ref in zip(rounds["a_ours"], rounds[v], strict=True)]
+                                  for k, v in pairs}
+    results["ratios"] = {k: statistics.median(by_round) for k, by_round in results["ratios_by_round"].items()}
     if args.scaling is not None:
         results["scaling"] = {}
         for n in args.scaling or (1000, 10000, 20000):
