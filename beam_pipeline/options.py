@@ -128,10 +128,6 @@ class LabelOptions:
     def beam_flags(self) -> list[str]:
         """The Beam pipeline options this run maps to; user's extra Beam args come last and win."""
         flags = [f"--runner={self.runner}"]
-        if self.runner == "DirectRunner":
-            # Beam's construction-time type checks take 0.25 s of each local run (half of building the
-            # job); the job's graph is fixed, and the Dataflow dry-run tests build it with the checks on.
-            flags.append("--no_pipeline_type_check")
         if self.runner == "DirectRunner" and self.workers > 1:
             # Threads, not processes: one model copy, no data shipped between processes, and PIL's decode
             # and torch's kernels release the GIL, so one bundle decodes while another runs the model.
