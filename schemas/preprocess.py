@@ -130,12 +130,7 @@ def eval_tensors_from_jpegs(jpegs: list[torch.Tensor], pre: Preprocess, device: 
     takes the CPU paths. A failing device (out of memory, a CUDA error) raises: that fails the batch, never
     a good file.
     """
-    try:
-        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
-    except DEVICE_FAILURES:
-        raise
-    except RuntimeError:
-        images = [_decode_alone(jpeg, device) for jpeg in jpegs]
+    images = _decode_on(device, jpegs) or [_decode_on(device, jpeg) for jpeg in jpegs]
     results = []
     for jpeg, image in zip(jpegs, images, strict=True):
         if image is not None:
@@ -150,9 +145,12 @@ def eval_tensors_from_jpegs(jpegs: list[torch.Tensor], pre: Preprocess, device: 
     return results
 
 
-def _decode_alone(jpeg: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+def _decode_on(device: torch.device, jpegs: torch.Tensor | list[torch.Tensor]
+               ) -> torch.Tensor | list[torch.Tensor] | None:
+    """decode_jpeg of one JPEG or a list; None where the decoder refuses the data, but a failing device
+    raises."""
     try:
-        return decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
     except DEVICE_FAILURES:
         raise
     except RuntimeError:

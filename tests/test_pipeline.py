@@ -183,8 +183,14 @@ def test_a_failed_start_keeps_no_model_loaded(bucket, checkpoint, tmp_path):
 
 
 def test_decoded_images_are_coded_as_shape_and_bytes_not_pickled():
-    """PrepareImage's output gets PixelsCoder: Beam's element-size sampling no longer pickles every image."""
-    images = beam.Pipeline() | beam.Create(["x"]) | beam.ParDo(PrepareImage(Preprocess(256, 224)))
+    """PrepareImage's output gets PixelsCoder: Beam's element-size sampling no longer pickles every image.
+
+    Built with the job's own Beam options: Beam infers element types, and so coders, only while its
+    construction-time type checks are on.
+    """
+    opts = LabelOptions(inputs=["/data/*.jpg"], checkpoint="/models/model.pt", output="/out").validate()
+    images = (make_pipeline(opts) | beam.Create(["x"])
+              | beam.ParDo(PrepareImage(Preprocess(256, 224))).with_outputs("errors", main="images")).images
     coder = beam.coders.registry.get_coder(images.element_type)
     assert isinstance(coder, beam.coders.TupleCoder) and isinstance(coder.coders()[1], PixelsCoder)
     pixels = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8)
