@@ -100,12 +100,30 @@ def forward_only(seconds: float = 8.0) -> dict:
     return {"images_per_s": n / (time.perf_counter() - t0), "threads": torch.get_num_threads()}
 
 
+def take_turns(runs: dict, rounds: int) -> dict[str, list[dict]]:
+    """Each measure once per round, in turns: this shared machine's speed drifts by 20% within minutes, and
+    a ratio of two runs a minute apart sees little of it."""
+    results = {name: [] for name in runs}
+    for i in range(rounds):
+        for name, measure in runs.items():
+            results[name].append(measure())
+            print(f"round {i + 1}", name, results[name][-1], flush=True)
+    return results
+
+
 def summarize(runs: list[dict]) -> dict:
-    """The median run's images/s, the range over all runs, and the highest peak memory."""
+    """The median images/s, the range, the highest peak memory, and every run as measured."""
     speeds = sorted(run["images_per_s"] for run in runs)
-    summary = {"images_per_s": statistics.median(speeds), "range": [speeds[0], speeds[-1]]}
+    summary = {"images_per_s": statistics.median(speeds), "range": [speeds[0], speeds[-1]], "runs": runs}
     peaks = [run["peak_mib"] for run in runs if "peak_mib" in run]
     return summary | ({"peak_mib": max(peaks)} if peaks else {})
+
+
+def ratios_by_round(rounds: dict[str, list[dict]]) -> dict[str, list[float]]:
+    pairs = (("a/b", "b_beam_example"), ("a/c", "c_torch_loop"), ("a/d", "d_forward_only"))
+    return {name: [ours_run["images_per_s"] / ref["images_per_s"]
+                   for ours_run, ref in zip(rounds["a_ours"], rounds[reference], strict=True)]
+            for name, reference in pairs}
 
 
 def main():
@@ -118,29 +136,23 @@ def main():
                          "linearly, memory stay flat")
     ap.add_argument("label_args", nargs="*", help="extra `alexlabel label` arguments for (a)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     os.makedirs(args.workdir, exist_ok=True)
     images_dir = os.path.join(args.workdir, f"images-{args.images}")
     images = ensure_images(images_dir, args.images)
     state_dict, checkpoint = make_model(args.workdir)
 
-    # (a)-(d) take turns, round after round: this shared machine's speed drifts by 20% within minutes,
-    # and each ratio comes from the medians of runs that saw the same drift.
-    runs = {"a_ours": lambda: ours(images_dir, checkpoint, os.path.join(args.workdir, "ours-out"), args.label_args),
-            "b_beam_example": lambda: reference_beam(images, state_dict, args.workdir),
-            "c_torch_loop": lambda: reference_torch(images_dir, state_dict),
-            "d_forward_only": forward_only}
-    rounds = {name: [] for name in runs}
-    for i in range(args.rounds):
-        for name, measure in runs.items():
-            rounds[name].append(measure())
-            print(f"round {i + 1}", name, rounds[name][-1], flush=True)
+    rounds = take_turns({
+        "a_ours": lambda: ours(images_dir, checkpoint, os.path.join(args.workdir, "ours-out"), args.label_args),
+        "b_beam_example": lambda: reference_beam(images, state_dict, args.workdir),
+        "c_torch_loop": lambda: reference_torch(images_dir, state_dict),
+        "d_forward_only": forward_only}, args.rounds)
     results = {"images": len(images), "cores": os.cpu_count(), "rounds": args.rounds}
-    results.update({name: summarize(runs_of) for name, runs_of in rounds.items()})
-    pairs = (("a/b", "b_beam_example"), ("a/c", "c_torch_loop"), ("a/d", "d_forward_only"))
-    results["ratios_by_round"] = {k: [round(ours_run["images_per_s"] / ref["images_per_s"], 2)
-                                      for ours_run, ref in zip(rounds["a_ours"], rounds[v], strict=True)]
-                                  for k, v in pairs}
-    results["ratios"] = {k: statistics.median(by_round) for k, by_round in results["ratios_by_round"].items()}
+    results.update({name: summarize(runs) for name, runs in rounds.items()})
+    by_round = ratios_by_round(rounds)
+    results["ratios"] = {name: round(statistics.median(values), 2) for name, values in by_round.items()}
+    results["ratios_by_round"] = {name: [round(v, 2) for v in values] for name, values in by_round.items()}
     if args.scaling is not None:
         results["scaling"] = {}
         for n in args.scaling or (1000, 10000, 20000):

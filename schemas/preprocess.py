@@ -130,7 +130,7 @@ def eval_tensors_from_jpegs(jpegs: list[torch.Tensor], pre: Preprocess, device: 
     takes the CPU paths. A failing device (out of memory, a CUDA error) raises: that fails the batch, never
     a good file.
     """
-    images = _decode_on(device, jpegs) or [_decode_on(device, jpeg) for jpeg in jpegs]
+    images = _decode_on(jpegs, device) or [_decode_on(jpeg, device) for jpeg in jpegs]
     results = []
     for jpeg, image in zip(jpegs, images, strict=True):
         if image is not None:
@@ -145,7 +145,7 @@ def eval_tensors_from_jpegs(jpegs: list[torch.Tensor], pre: Preprocess, device: 
     return results
 
 
-def _decode_on(device: torch.device, jpegs: torch.Tensor | list[torch.Tensor]
+def _decode_on(jpegs: torch.Tensor | list[torch.Tensor], device: torch.device
                ) -> torch.Tensor | list[torch.Tensor] | None:
     """decode_jpeg of one JPEG or a list; None where the decoder refuses the data, but a failing device
     raises."""

@@ -28,10 +28,28 @@ def test_the_lean_network_gives_bit_identical_outputs(arch, size, dtype):
         assert layers[1:4] == ["ReLU", "LocalResponseNorm", "SeparableMaxPool2d"]
 
 
-@pytest.mark.parametrize("kernel, stride, size", [(3, 2, 55), (3, 2, 13), (2, 2, 8), (3, 1, 7), (3, 3, 10)])
-def test_the_separable_pool_is_max_pool(kernel, stride, size):
+@pytest.mark.parametrize("kernel, stride, size", [(3, 2, 55), (3, 2, 13), (2, 2, 8), (3, 1, 7), (3, 5, 10)])
+def test_the_separable_pool_is_max_pool_with_nan_and_infinities(kernel, stride, size):
     x = torch.randn(2, 5, size, size + 3)
-    assert torch.equal(SeparableMaxPool2d(kernel, stride)(x), nn.functional.max_pool2d(x, kernel, stride))
+    x[0, 0, 1, 1], x[0, 1, 2, 2], x[1, 2, 0, 3] = float("nan"), float("-inf"), float("inf")
+    expected = nn.functional.max_pool2d(x, kernel, stride)
+    exactly = dict(rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(SeparableMaxPool2d(kernel, stride)(x), expected, **exactly)
+    torch.testing.assert_close(SeparableMaxPool2d(kernel, stride)(x[0]), expected[0], **exactly)  # unbatched
+    with pytest.raises(ValueError, match=f"max pool of {kernel} cannot slide over a side of {kernel - 1}"):
+        SeparableMaxPool2d(kernel, stride)(x[..., :kernel - 1, :])
+
+
+def test_only_exact_rewrites_are_made():
+    net = nn.Sequential(nn.ReLU(), nn.MaxPool2d(3), nn.ReLU(inplace=True), nn.MaxPool2d(2, return_indices=True),
+                        nn.MaxPool2d(1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1))
+    lean = lean_for_inference(copy.deepcopy(net))
+    assert [type(m).__name__ for m in lean] == ["SeparableMaxPool2d", "ReLU", "ReLU", "MaxPool2d", "MaxPool2d",
+                                                "MaxPool2d", "ReLU"]
+    assert lean[0].stride == 3  # nn.MaxPool2d's default stride: its kernel size
+    x = torch.randn(1, 2, 13, 13)
+    lean_tail, tail = lean[4:], net[4:]
+    assert torch.equal(lean_tail(x.clone()), tail(x.clone()))
 
 
 def test_the_labeling_model_on_a_cpu_is_the_lean_network(checkpoint):
