@@ -3,17 +3,31 @@ import importlib
 import logging
 
 import click
+from click.utils import make_default_short_help
 
 from alexlabel import __version__
 from schemas.errors import UserError
 from schemas.redact import redact
 
 # Each command's module is imported only when that command runs: `alexlabel query` needs DuckDB, not the
-# seconds of importing torch, torchvision and Beam that training and labeling do.
-LAZY_COMMANDS = {"train": "trainer.cli:train_command", "evaluate": "trainer.cli:evaluate_command",
-                 "import-weights": "trainer.cli:import_weights_command", "label": "beam_pipeline.cli:label_command",
-                 "query": "beam_pipeline.cli:query_command", "report": "beam_pipeline.cli:report_command",
-                 "export": "beam_pipeline.cli:export_command", "schema": "beam_pipeline.cli:schema_command"}
+# seconds of importing torch, torchvision and Beam that training and labeling do. `alexlabel --help` lists
+# them by these summaries, which a test keeps equal to each command's own.
+LAZY_COMMANDS = {
+    "train": ("trainer.cli:train_command",
+              "Train an AlexNet classifier and export an inference checkpoint (OUTPUT/model.pt)."),
+    "evaluate": ("trainer.cli:evaluate_command", "Top-1, top-5, per-class accuracy and the confusion matrix of a "
+                 "checkpoint on a labelled image folder."),
+    "import-weights": ("trainer.cli:import_weights_command", "Wrap a state dict file (e.g. torchvision's "
+                       "ImageNet AlexNet weights) into a checkpoint to label with."),
+    "label": ("beam_pipeline.cli:label_command",
+              "Label every image the --input patterns match; write Parquet tables under --output."),
+    "query": ("beam_pipeline.cli:query_command", "Query an output folder or bucket: DuckDB SQL or built-in analyses."),
+    "report": ("beam_pipeline.cli:report_command", "Write one self-contained HTML page: label counts, confidence "
+               "histograms, review queue, errors."),
+    "export": ("beam_pipeline.cli:export_command", "Export labeled images as training data: an ImageFolder tree or "
+               "a manifest the trainer reads."),
+    "schema": ("beam_pipeline.cli:schema_command", "Print the output table schemas (all tables, or one)."),
+}
 
 
 class RedactSecrets(logging.Filter):
@@ -27,7 +41,7 @@ class RedactSecrets(logging.Filter):
 class Commands(click.Group):
     """Bad input the user can fix prints as one `Error: ...` line with exit status 1, no traceback.
 
-    The LAZY_COMMANDS load when named (or when --help lists them all).
+    The LAZY_COMMANDS load when named; --help lists them by their summaries.
     """
 
     def list_commands(self, ctx):
@@ -36,8 +50,17 @@ class Commands(click.Group):
     def get_command(self, ctx, name):
         if name not in LAZY_COMMANDS:
             return super().get_command(ctx, name)
-        module, attr = LAZY_COMMANDS[name].split(":")
+        module, attr = LAZY_COMMANDS[name][0].split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        """Click's listing, with the lazy commands' summaries taken from LAZY_COMMANDS (no imports)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = [(name, make_default_short_help(LAZY_COMMANDS[name][1], limit) if name in LAZY_COMMANDS
+                 else self.get_command(ctx, name).get_short_help_str(limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:

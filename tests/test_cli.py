@@ -4,10 +4,12 @@ import os
 import subprocess
 import sys
 
+import click
 import pytest
 import torch
 from commands import invoke, one_line_error
 
+from alexlabel.cli import LAZY_COMMANDS, main
 from beam_pipeline.options import LabelOptions
 
 
@@ -47,14 +49,21 @@ def test_gpu_requested_without_a_gpu_fails_loudly(checkpoint, sample_dir, tmp_pa
     assert "--device gpu was asked for but no CUDA GPU works" in line and not (tmp_path / "out").exists()
 
 
-def test_query_and_schema_commands_start_without_importing_torch_or_beam():
+@pytest.mark.parametrize("args, shows", [(["schema", "runs"], "run_id"), (["--help"], "import-weights  Wrap")])
+def test_schema_and_help_start_without_importing_torch_or_beam(args, shows):
     """Each command's module loads only when it runs: querying needs DuckDB, not seconds of torch and Beam."""
     code = ("import sys; from alexlabel.cli import main\n"
-            "try: main(['schema', 'runs'])\n"
+            f"try: main({args!r})\n"
             "except SystemExit: pass\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'apache_beam') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "run_id" in result.stdout and result.stdout.strip().endswith("[]"), result.stdout
+    assert shows in result.stdout and result.stdout.strip().endswith("[]"), result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_COMMANDS))
+def test_help_summarizes_each_lazy_command_as_its_own_help_does(name):
+    command = main.get_command(click.Context(main), name)
+    assert LAZY_COMMANDS[name][1] == command.get_short_help_str(limit=1000)
 
 
 def test_gpu_decode_without_the_gpu_device_is_refused(checkpoint, sample_dir, tmp_path):
