@@ -48,9 +48,9 @@ def lean_for_inference(module: nn.Module) -> nn.Module:
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         layers = list(seq)
         for i in range(len(layers) - 1):
-            pool = layers[i + 1]
-            if isinstance(layers[i], nn.ReLU) and isinstance(pool, nn.MaxPool2d) and not pool.return_indices:
-                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+            relu, pool = layers[i], layers[i + 1]
+            if isinstance(relu, nn.ReLU) and isinstance(pool, nn.MaxPool2d) and not pool.return_indices:
+                layers[i], layers[i + 1] = pool, relu
         for i, layer in enumerate(layers):
             seq[i] = _separable(layer) if isinstance(layer, nn.MaxPool2d) else layer
     return module

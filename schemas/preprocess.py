@@ -138,9 +138,9 @@ def eval_tensors_from_jpegs(jpegs: list[torch.Tensor], pre: Preprocess, device: 
             continue
         try:
             results.append(eval_tensor_from_bytes(jpeg.numpy().tobytes(), pre)[0].to(device))
+        except DEVICE_FAILURES:
+            raise
         except Exception as e:  # the file is broken (as in PrepareImage): an error row for it
-            if isinstance(e, DEVICE_FAILURES):
-                raise
             results.append(e)
     return results
 
