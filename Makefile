@@ -1,4 +1,4 @@
-# Two commands do everything on a machine with only python3:  make demo  and  make test.
+# Two commands do everything on a machine with only python3:  make demo  and  make test.  make  alone lists all.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +11,11 @@ REGION     ?= us-central1
 GPU_TYPE   ?= nvidia-l4
 OUTPUT     ?= $(BUCKET)/alexlabel-out
 
-.PHONY: install demo test lint clean image submit-dataflow dataflow-dry-run
+.PHONY: help install demo test lint clean image submit-dataflow dataflow-dry-run
+
+help:  ## list the targets and what each does (what `make` alone does)
+	@echo "make TARGET, one of:"
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_-]+:[^=]*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +40,7 @@ browser:  ## Debian's chromium, which the report test renders pages in (once; ne
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-bench: install bench-query  ## labeling speed: ours beside the references, ratios, memory; bf16 vs fp32 agreement
+bench: install bench-query  ## bench-query, then labeling speed beside the references, scaling, memory, bf16 vs fp32
 	$(BIN)/python benchmarks/bench_label.py --images $(or $(IMAGES),2000) --workdir bench-out \
 		--scaling $(or $(SCALING),1000 10000) $(BENCH_ARGS)
 	test -f alexlabel-demo/model/model.pt || $(BIN)/alexlabel demo
@@ -51,10 +55,10 @@ bench-gpu: install  ## on a GPU: decode + infer beside infer alone, end to end w
 bench-train: install  ## training images/s, synthetic vs JPEG loading, eager vs compiled (meant for a GPU)
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)
 
-lint: install
+lint: install  ## ruff check, without the tests
 	$(BIN)/ruff check .
 
-clean:
+clean:  ## remove the demo output, pytest's cache and the build files (not .venv)
 	rm -rf alexlabel-demo .pytest_cache build *.egg-info
 
 image:  ## build and push the Dataflow GPU worker image (needs a Docker engine)
@@ -62,7 +66,7 @@ image:  ## build and push the Dataflow GPU worker image (needs a Docker engine)
 	docker push $(IMAGE)
 
 DATAFLOW_ARGS = --input '$(INPUT)' --checkpoint $(CHECKPOINT) --output $(OUTPUT) --runner DataflowRunner \
-	--project $(PROJECT) --region $(REGION) --temp-location $(BUCKET)/tmp --device gpu --gpu-type $(GPU_TYPE) \
+	--project $(PROJECT) --region $(REGION) --temp-location $(BUCKET)/tmp --device cuda --gpu-type $(GPU_TYPE) \
 	--container-image $(IMAGE)
 
 dataflow-dry-run: install  ## resolve options and translate the Dataflow job without submitting it

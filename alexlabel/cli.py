@@ -6,8 +6,8 @@ import click
 from click.utils import make_default_short_help
 
 from alexlabel import __version__
-from schemas.errors import UserError
-from schemas.redact import redact
+from common.errors import UserError
+from common.redact import redact
 
 # Each command's module is imported only when that command runs: `alexlabel query` needs DuckDB, not the
 # seconds of importing torch, torchvision and Beam that training and labeling do. `alexlabel --help` lists
@@ -21,12 +21,12 @@ LAZY_COMMANDS = {
                        "ImageNet AlexNet weights) into a checkpoint to label with."),
     "label": ("beam_pipeline.cli:label_command",
               "Label every image the --input patterns match; write Parquet tables under --output."),
-    "query": ("beam_pipeline.cli:query_command", "Query an output folder or bucket: DuckDB SQL or built-in analyses."),
-    "report": ("beam_pipeline.cli:report_command", "Write one self-contained HTML page: label counts, confidence "
+    "query": ("output_tools.cli:query_command", "Query an output folder or bucket: DuckDB SQL or built-in analyses."),
+    "report": ("output_tools.cli:report_command", "Write one self-contained HTML page: label counts, confidence "
                "histograms, review queue, errors."),
-    "export": ("beam_pipeline.cli:export_command", "Export labeled images as training data: an ImageFolder tree or "
+    "export": ("output_tools.cli:export_command", "Export labeled images as training data: an ImageFolder tree or "
                "a manifest the trainer reads."),
-    "schema": ("beam_pipeline.cli:schema_command", "Print the output table schemas (all tables, or one)."),
+    "schema": ("output_tools.cli:schema_command", "Print the output table schemas (all tables, or one)."),
 }
 
 

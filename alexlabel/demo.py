@@ -14,9 +14,9 @@ DEMO_TRAINING = dict(arch="alexnet_small", arch_kwargs={"width": 32, "dropout": 
 
 def run_demo(workdir: str, seed: int = 0, epochs: int | None = None) -> dict:
     """Run every step into `workdir`; returns the paths and figures the summary printed."""
+    from beam_pipeline.launch import run as label
     from beam_pipeline.options import LabelOptions
-    from beam_pipeline.pipeline import run as label
-    from beam_pipeline.query import summary
+    from output_tools.query import summary
     from trainer.train import TrainConfig, train
 
     data, model, labels = (os.path.join(workdir, d) for d in ("data", "model", "labels"))

@@ -2,12 +2,11 @@
 
 Decoding and batching allocate and free large buffers all the time. With glibc's defaults each thread
 gets its own malloc arena, and the arenas keep the freed space as fragments between live blocks, where
-nothing gives it back: resident memory grew with the input (peaks of 1.72 GiB after 1,000 images, 2.01 GiB
-after 10,000, 2.11 GiB after 20,000; ~400 MiB of it freed but held). Two arenas per process, and handing
-the heap's free pages back to the OS every few seconds, keep it flat (with fixed batch sizes too: 1.41,
-1.47, 1.48 GiB) at the same speed (README "Memory"). Returning each large buffer on free instead (a fixed
-mmap threshold) was flat too but cost 15% of the throughput: every activation buffer became a fresh,
-zero-filled mapping.
+nothing gives it back: resident memory grew with the input, much of it freed but held. Two arenas per
+process, and handing the heap's free pages back to the OS every few seconds, keep it flat (with fixed batch
+sizes too) at the same speed. Returning each large buffer on free instead (a fixed mmap threshold) was flat
+too but slower: every activation buffer became a fresh, zero-filled mapping. The figures: BENCHMARKS.md
+("Memory").
 """
 import ctypes
 import ctypes.util

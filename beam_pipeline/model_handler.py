@@ -1,4 +1,4 @@
-"""RunInference's ModelHandler for alexlabel checkpoints: batches of uint8 tensors -> top-k predictions.
+"""RunInference's ModelHandler for alexlabel checkpoints: batches of ImageFiles -> top-k predictions.
 
 The handler holds only the checkpoint URL and settings (it is pickled to workers); each worker loads
 the weights with weights_only=True, builds the architecture named in the manifest, and folds the
@@ -13,17 +13,17 @@ import torch
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from beam_pipeline.decode import ImageFile, decode_batch
 from beam_pipeline.heap import trim_heap
 from beam_pipeline.lean_layers import lean_for_inference
-from beam_pipeline.preprocess import error_record
 from beam_pipeline.raw_pixels import fold_normalization
-from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
-from schemas.errors import UserError
-from schemas.preprocess import Preprocess, eval_tensors_from_jpegs
-from trainer.models import build_model
+from beam_pipeline.rows import Failure, Prediction
+from common.devices import pick_device
+from schemas.checkpoint import CheckpointError, Manifest
+from schemas.transform import Preprocess
+from trainer.models import load_model
 
 PASSED_ENCODED = Metrics.counter("alexlabel", "passed_encoded")  # JPEGs for the batch decoder (--gpu-decode)
-Example = tuple[dict, torch.Tensor]  # (image metadata, uint8 CHW pixels or, with --gpu-decode, 1-D JPEG bytes)
 
 
 @dataclass
@@ -34,38 +34,23 @@ class Classifier:
     dtype: torch.dtype  # of the weights and the input batches
 
 
-def resolve_device(device: str) -> torch.device:
-    """`gpu` must mean a working GPU: fail loudly instead of silently labeling on the CPU."""
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "gpu":
-        if not torch.cuda.is_available():
-            raise UserError("--device gpu was asked for but no CUDA GPU works on this machine "
-                               "(check the NVIDIA driver, or use --device cpu)")
-        return torch.device("cuda")
-    raise UserError(f"unknown device {device!r}; use cpu or gpu")
-
-
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX); fp32 elsewhere."""
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
         return torch.bfloat16
-    if precision != "auto":
-        raise UserError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
     native = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return torch.bfloat16 if native else torch.float32
 
 
 def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto") -> Classifier:
-    state_dict, manifest = load_checkpoint(checkpoint)
+    module, manifest = load_model(checkpoint)
     try:
-        module = build_model(manifest.arch, len(manifest.class_names), state_dict, **manifest.arch_kwargs)
         module = fold_normalization(module, manifest.preprocess)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
-    torch_device = resolve_device(device)
+    torch_device = pick_device(device)
     if torch_device.type == "cpu":  # measured there (~8% of a one-thread forward), not yet on GPUs
         module = lean_for_inference(module)
     dtype = resolve_precision(precision, torch_device)
@@ -94,17 +79,6 @@ def drop_kept() -> None:
     _kept.clear()
 
 
-def decode_jpegs(images: list[torch.Tensor], model: Classifier) -> list[torch.Tensor | Exception]:
-    """Encoded JPEGs in a batch (1-D tensors, from --gpu-decode) decoded together on the model's device;
-    images prepared on the CPU (3-D) stay as they are."""
-    jpegs = [image for image in images if image.dim() == 1]
-    if not jpegs:
-        return images
-    PASSED_ENCODED.inc(len(jpegs))
-    decoded = iter(eval_tensors_from_jpegs(jpegs, model.manifest.preprocess, model.device))
-    return [next(decoded) if image.dim() == 1 else image for image in images]
-
-
 def to_batch(images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """CHW uint8 images -> one channels_last NCHW batch on `device`.
 
@@ -126,7 +100,7 @@ def _channels_last(images: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
-class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
+class AlexNetModelHandler(ModelHandler[ImageFile, PredictionResult, Classifier]):
     def __init__(self, checkpoint: str, *, device: str = "cpu", precision: str = "auto", top_k: int = 5,
                  min_batch_size: int = 1, max_batch_size: int = 64, model_copies: int | None = None,
                  preprocess: Preprocess | None = None, threads: int = 0):
@@ -147,20 +121,29 @@ class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
                                   "swap only models trained with the same image size, mean and std")
         return classifier
 
-    def run_inference(self, batch: Sequence[Example], model: Classifier,
+    def run_inference(self, batch: Sequence[ImageFile], model: Classifier,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        """Top-k per image. An encoded JPEG that no decoder reads gives a PredictionResult whose inference
-        is {"error": its errors record}; ToLabelRows routes that to the errors table, and the rest of the
-        batch is labeled."""
-        metas = [meta for meta, _ in batch]
-        images = decode_jpegs([tensor for _, tensor in batch], model)
+        """A Prediction per image, or a Failure: the image's own from before (read, decode), one from here (a
+        JPEG that no decoder reads), or the batch's (the model failed: a failing GPU, out of memory). Every
+        result names this model's version, the one that was live when the image came."""
+        outcomes = [image.failure for image in batch]
+        ready = [i for i, failure in enumerate(outcomes) if failure is None]
+        try:
+            predictions = self._predict([batch[i].pixels for i in ready], model) if ready else []
+        except Exception as e:  # the batch failed as a whole: an infer error row for each of its images
+            predictions = [Failure.of("infer", e)] * len(ready)
+        for i, prediction in zip(ready, predictions, strict=True):
+            outcomes[i] = prediction
         version = model.manifest.model_version
-        good = [i for i, image in enumerate(images) if not isinstance(image, Exception)]
-        results = [PredictionResult(meta, {"error": error_record(meta["uri"], "decode", image, meta["size_bytes"])},
-                                    version)
-                   for meta, image in zip(metas, images, strict=True) if isinstance(image, Exception)]
+        return [PredictionResult(image, outcome, version) for image, outcome in zip(batch, outcomes, strict=True)]
+
+    def _predict(self, pixels: list[torch.Tensor], model: Classifier) -> list[Prediction | Failure]:
+        PASSED_ENCODED.inc(sum(p.dim() == 1 for p in pixels))
+        images = decode_batch(pixels, model.manifest.preprocess, model.device)
+        outcomes = [Failure.of("decode", image) if isinstance(image, Exception) else None for image in images]
+        good = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if not good:
-            return results
+            return outcomes
         x = to_batch([images[i] for i in good], model.device).to(model.dtype)  # pixels 0-255, exact in bf16
         with torch.inference_mode():
             logits = model.module(x).float()
@@ -169,13 +152,13 @@ class AlexNetModelHandler(ModelHandler[Example, PredictionResult, Classifier]):
         confidences, indices = confidences.cpu().tolist(), indices.cpu().tolist()
         trim_heap()  # this batch's activations are free now: keep memory flat over long runs
         names = model.manifest.class_names
-        return results + [PredictionResult(metas[i], {"indices": idx, "confidences": conf,
-                                                      "labels": [names[c] for c in idx]}, version)
-                          for i, idx, conf in zip(good, indices, confidences, strict=True)]
+        for i, idx, conf in zip(good, indices, confidences, strict=True):
+            outcomes[i] = Prediction(idx, conf, [names[c] for c in idx])
+        return outcomes
 
-    def get_num_bytes(self, batch: Sequence[Example]) -> int:
-        """For RunInference's byte metrics: the tensors' size (Beam's default pickles the whole batch)."""
-        return sum(tensor.nbytes for _, tensor in batch)
+    def get_num_bytes(self, batch: Sequence[ImageFile]) -> int:
+        """For RunInference's byte metrics: the pixels' size (Beam's default pickles the whole batch)."""
+        return sum(image.pixels.nbytes for image in batch if image.pixels is not None)
 
     def update_model_path(self, model_path: str | None = None):
         """A model side input names the checkpoint to swap in; an empty one means the job's own."""

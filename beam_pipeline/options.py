@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from schemas.errors import UserError
+from common.devices import device_name, pick_device
+from common.errors import UserError
+from common.storage import IMAGE_EXTENSIONS, canonical_uri
 
 RUNNERS = ("DirectRunner", "DataflowRunner")
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
+PRECISIONS = ("auto", "bf16", "fp32")
 # Dataflow machine types that can host each GPU: L4s come only on G2 machines, the others attach to N1.
 GPU_MACHINES = {"nvidia-l4": "g2-standard-8", "nvidia-tesla-t4": "n1-standard-8",
                 "nvidia-tesla-v100": "n1-standard-8", "nvidia-tesla-p100": "n1-standard-8",
@@ -30,15 +32,15 @@ class LabelOptions:
     output: str
     input_lists: list[str] = field(default_factory=list)  # text (one URI a line) or Parquet (`uri` column)
     runner: str = "DirectRunner"
-    device: str = "cpu"               # cpu or gpu (gpu fails loudly when none works)
+    device: str = "auto"              # auto, cpu or cuda (gpu: cuda); validate() leaves cpu or cuda
     precision: str = "auto"           # auto (bf16 where native), bf16, fp32
-    gpu_decode: bool = False          # with device gpu: JPEGs decode in batches on the GPU (nvJPEG)
+    gpu_decode: bool = False          # with device cuda: JPEGs decode in batches on the GPU (nvJPEG)
     top_k: int = 5
     accept_threshold: float = 0.5     # decision = accept when confidence >= this, else review
-    min_batch_size: int = 0            # 0: the max, i.e. fixed batches (each new batch shape costs memory, README)
+    min_batch_size: int = 0           # 0: the max: fixed batches (each new batch size costs memory, BENCHMARKS.md)
     max_batch_size: int = 0            # 0: 64 on CPUs, 256 on GPUs (large batches keep a GPU busy)
     workers: int = 0                  # DirectRunner: parallel bundles (threads sharing one model); 0: one per core
-    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     skip_existing: bool = False       # resume: leave out inputs this model version already labeled or errored
     retry_errors: bool = False        # with skip_existing: try inputs that only have an errors row again
     run_id: str = ""
@@ -47,7 +49,7 @@ class LabelOptions:
     region: str = ""
     temp_location: str = ""           # gs:// folder for Beam's temp and staging files
     machine_type: str = ""            # default: one that hosts --gpu-type, else Dataflow's default
-    gpu_type: str = ""                # e.g. nvidia-l4; needs --device gpu
+    gpu_type: str = ""                # e.g. nvidia-l4; labels on it unless --device cpu
     gpu_count: int = 1
     container_image: str = ""         # built from Dockerfile.gpu (make image)
     max_workers: int = 0
@@ -65,12 +67,11 @@ class LabelOptions:
             raise UsageError("no --input given; pass a pattern such as 'gs://bucket/images/**' or --input-list FILE")
         if self.runner not in RUNNERS:
             raise UsageError(f"unknown --runner {self.runner!r}; use one of {', '.join(RUNNERS)}")
-        if self.device not in ("cpu", "gpu"):
-            raise UsageError(f"unknown --device {self.device!r}; use cpu or gpu")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UsageError(f"unknown --precision {self.precision!r}; use auto, bf16 or fp32")
-        if self.gpu_decode and self.device != "gpu":
-            raise UsageError("--gpu-decode decodes JPEGs on the GPU the model runs on; add --device gpu")
+        self.device = self._resolve_device()
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.gpu_decode and self.device != "cuda":
+            raise UsageError("--gpu-decode decodes JPEGs on the GPU the model runs on; add --device cuda")
         if self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
         if not 0.0 <= self.accept_threshold <= 1.0:
@@ -99,11 +100,21 @@ class LabelOptions:
         elif self.gpu_type or self.container_image or self.project:
             raise UsageError("--project, --gpu-type and --container-image are Dataflow options; "
                              "add --runner DataflowRunner")
-        self.inputs = [_absolute(p) for p in self.inputs]
-        self.input_lists = [_absolute(p) for p in self.input_lists]
-        self.output, self.checkpoint = _absolute(self.output), _absolute(self.checkpoint)
+        self.inputs = [canonical_uri(p) for p in self.inputs]
+        self.input_lists = [canonical_uri(p) for p in self.input_lists]
+        self.output, self.checkpoint = canonical_uri(self.output), canonical_uri(self.checkpoint)
         self.run_id = self.run_id or new_run_id()
         return self
+
+    def _resolve_device(self) -> str:
+        """cpu or cuda. auto means where the model will run: this machine's GPU for local runners; on
+        Dataflow, the workers' GPUs when --gpu-type attaches some."""
+        name = device_name(self.device)
+        if name != "auto":
+            return name
+        if self.runner == "DataflowRunner":
+            return "cuda" if self.gpu_type else "cpu"
+        return pick_device(name).type
 
     def _validate_dataflow(self) -> None:
         missing = [flag for flag, value in (("--project", self.project), ("--region", self.region),
@@ -116,10 +127,10 @@ class LabelOptions:
                           *(("--input-list", p) for p in self.input_lists)):
             if not url.startswith("gs://"):
                 raise UsageError(f"{flag} {url} is not on gs://; Dataflow workers cannot read local files")
-        if self.gpu_type and self.device != "gpu":
-            raise UsageError("--gpu-type attaches GPUs to the workers; add --device gpu to label on them")
-        if self.device == "gpu" and not self.gpu_type:
-            raise UsageError("--device gpu on Dataflow needs --gpu-type (e.g. nvidia-l4)")
+        if self.gpu_type and self.device != "cuda":
+            raise UsageError("--gpu-type attaches GPUs to the workers; drop --device cpu to label on them")
+        if self.device == "cuda" and not self.gpu_type:
+            raise UsageError("--device cuda on Dataflow needs --gpu-type (e.g. nvidia-l4)")
         if self.gpu_type and not (self.machine_type or self.gpu_type in GPU_MACHINES):
             raise UsageError(f"no default machine for --gpu-type {self.gpu_type}; pass --machine-type")
         if self.gpu_count < 1:
@@ -159,9 +170,9 @@ class LabelOptions:
         """(min, max) for RunInference's batching: max defaults to 64 on CPUs, 256 on GPUs, min to max.
 
         Fixed batches, because every batch size the model meets makes oneDNN build and keep another set of
-        kernels: Beam's adaptive sizes between 32 and 64 cost 140 MiB more after 10,000 images.
+        kernels: Beam's adaptive sizes between 32 and 64 kept adding memory as the images went by (BENCHMARKS.md).
         """
-        high = self.max_batch_size or (256 if self.device == "gpu" else 64)
+        high = self.max_batch_size or (256 if device_name(self.device) == "cuda" else 64)
         return self.min_batch_size or high, high
 
     def torch_threads(self) -> int:
@@ -171,11 +182,6 @@ class LabelOptions:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
-
-
-def _absolute(url: str) -> str:
-    """Local paths become absolute, so every uri in the tables names its file unambiguously."""
-    return url if "://" in url else os.path.abspath(url)
 
 
 def new_run_id() -> str:

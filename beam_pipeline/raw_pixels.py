@@ -1,8 +1,8 @@
 """Fold the checkpoint's normalization into the first convolution, so the model takes 0-255 pixels.
 
-Normalizing a uint8 batch ((x - mean) / std per channel, then a cast and a channels_last copy) cost more
-than half as much CPU as AlexNet's whole forward pass (measured: 81 ms against 173 ms per batch of 64 on
-one core). A convolution is linear, so the same result comes from scaled weights applied to the raw pixels:
+Normalizing a uint8 batch ((x - mean) / std per channel, then a cast and a channels_last copy) cost about
+half as much CPU as AlexNet's whole forward pass (BENCHMARKS.md). A convolution is linear, so the same
+result comes from scaled weights applied to the raw pixels:
 
     conv(pad0((x - m) / s)) = conv_{W/s}(pad0(x)) + conv_W(pad0(-m/s)) + b
 
@@ -10,13 +10,13 @@ The last two terms do not depend on the image. Inside the image they are one con
 (folded into the bias); where the kernel overlaps the zero padding they differ, and a fixed map adds the
 difference. In fp32 the result equals the normalized model's up to float rounding. uint8 pixels convert to
 bf16 exactly, so the batch becomes the model's input with one cast; in bf16 the folded bias rounds as one
-number per channel, a fixed offset of up to 2^-9 of it: top-1 agreement with fp32 on the demo checkpoint
-is 99.8% (99.9% normalizing first; `make bench` checks >= 99.5%).
+number per channel, a fixed offset of up to 2^-9 of it, so top-1 agrees with fp32 on the demo checkpoint
+nearly as often as when normalizing first (BENCHMARKS.md; `make bench` checks >= 99.5%).
 """
 import torch
 from torch import nn
 
-from schemas.preprocess import Preprocess
+from schemas.transform import Preprocess
 
 
 class RawPixelConv(nn.Module):
@@ -46,7 +46,7 @@ class RawPixelConv(nn.Module):
             self.conv.bias.copy_(bias + inside)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolution, then the fixed correction on the edge bands only (a full-map add cost 7%)."""
+        """The convolution, then the fixed correction on the edge bands only (all of it costs more, BENCHMARKS.md)."""
         y = self.conv(x)
         if y.shape[2:] != self.border.shape[2:]:
             raise ValueError(f"this model takes {self.crop} x {self.crop} images (its checkpoint's crop), "

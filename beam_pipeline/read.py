@@ -7,16 +7,12 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_pipeline.options import DEFAULT_EXTENSIONS
-from schemas.errors import UserError, first_line
-from schemas.redact import redact
+from common.errors import UserError, first_line
+from common.redact import redact
+from common.storage import IMAGE_EXTENSIONS, has_extension, resolve_uri
 
 MATCHED = Metrics.counter("alexlabel", "matched")
 SKIPPED = Metrics.counter("alexlabel", "skipped")
-
-
-def has_extension(path: str, extensions: tuple[str, ...]) -> bool:
-    return path.rsplit("/", 1)[-1].rpartition(".")[2].lower() in extensions
 
 
 def count_matched(uri: str) -> str:
@@ -31,7 +27,7 @@ class MatchImages(beam.PTransform):
     labeled or becomes an error row. Distinct drops URIs named twice and redistributes the work.
     """
 
-    def __init__(self, patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
+    def __init__(self, patterns: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
                  lists: list[str] = ()):
         super().__init__()
         self.patterns, self.lists = list(patterns), list(lists)
@@ -51,9 +47,12 @@ class MatchImages(beam.PTransform):
 
 
 def read_uri_list(url: str) -> beam.PTransform:
+    """A list's URIs, each spelled by the tables' one rule (relative ones taken from the list's folder)."""
     if url.lower().endswith(".parquet"):
-        return beam.io.ReadFromParquet(url, columns=["uri"]) | beam.Map(lambda row: row["uri"])
-    return beam.io.ReadFromText(url) | beam.Map(str.strip) | beam.Filter(bool)
+        uris = beam.io.ReadFromParquet(url, columns=["uri"]) | beam.Map(lambda row: row["uri"])
+    else:
+        uris = beam.io.ReadFromText(url) | beam.Map(str.strip) | beam.Filter(bool)
+    return uris | beam.Map(resolve_uri, url)
 
 
 class SkipDone(beam.PTransform):
@@ -93,7 +92,7 @@ def read_uri(uri: str) -> bytes:
         return f.read()
 
 
-def matched_uris(patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> set[str]:
+def matched_uris(patterns: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> set[str]:
     """Match on the launcher: to fail before any job starts on an empty input, and for --watch."""
     uris = set()
     try:
@@ -107,5 +106,5 @@ def matched_uris(patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTE
     return uris
 
 
-def count_matches(patterns: list[str], extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> int:
+def count_matches(patterns: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> int:
     return len(matched_uris(patterns, extensions))

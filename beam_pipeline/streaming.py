@@ -16,8 +16,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.deduplicate import Deduplicate
 from apache_beam.utils.timestamp import Duration
 
-from beam_pipeline.read import count_matched, has_extension
-from beam_pipeline.write import ensure_folder
+from beam_pipeline.read import count_matched
+from beam_pipeline.write import CODEC, ensure_folder
+from common.storage import has_extension
 from schemas.tables import TABLES
 
 DEDUP_SECONDS = 24 * 3600  # Pub/Sub redelivers at least once; one day covers its retention defaults
@@ -76,7 +77,7 @@ class ParquetSink(fileio.FileSink):
         self.schema, self.row_group_rows = schema, row_group_rows
 
     def open(self, fh):
-        self._writer, self._rows = pq.ParquetWriter(fh, self.schema), []
+        self._writer, self._rows = pq.ParquetWriter(fh, self.schema, compression=CODEC), []
 
     def write(self, record):
         self._rows.append(record)

@@ -8,46 +8,27 @@ The Hive partition key is `model`, not `model_version`: a key that repeats a col
 makes pyarrow and BigQuery refuse to merge the two.
 """
 import functools
+import inspect
 import io
 import uuid
-from datetime import UTC, datetime
 
 import apache_beam as beam
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import PredictionResult
 
-from schemas.errors import UserError, first_line
-from schemas.redact import redact
-from schemas.storage import atomic_write_bytes, glob_urls
+from common.errors import UserError, first_line
+from common.redact import redact
+from common.storage import atomic_write_bytes, glob_urls
 from schemas.tables import TABLES
 
 TEMP_FOLDER = ".beam-temp"  # hidden: pyarrow and most readers skip names starting with "."
-LABELED = Metrics.counter("alexlabel", "labeled")
-ERRORED = Metrics.counter("alexlabel", "errored")
+CODEC = "zstd"  # what every table is compressed with (BENCHMARKS.md: size and speed beside uncompressed)
 
 
 def table_prefix(output: str, table: str, model_version: str) -> str:
     return f"{output.rstrip('/')}/{table}/model={model_version}"
-
-
-def label_row(result: PredictionResult, run_id: str, accept_threshold: float) -> dict:
-    LABELED.inc()
-    p = result.inference
-    confidence = p["confidences"][0]
-    margin = confidence - p["confidences"][1] if len(p["confidences"]) > 1 else confidence
-    return {**result.example, "label": p["labels"][0], "label_index": p["indices"][0], "confidence": confidence,
-            "topk_labels": p["labels"], "topk_indices": p["indices"], "topk_confidences": p["confidences"],
-            "margin": margin, "decision": "accept" if confidence >= accept_threshold else "review",
-            "model_version": result.model_id, "run_id": run_id, "labeled_at": datetime.now(UTC)}
-
-
-def error_row(record: dict, model_version: str, run_id: str) -> dict:
-    ERRORED.inc()
-    return {**record, "model_version": model_version, "run_id": run_id, "at": datetime.now(UTC)}
 
 
 class WriteTable(beam.PTransform):
@@ -66,9 +47,22 @@ class WriteTable(beam.PTransform):
 
     def expand(self, rows):
         # Small record batches start the temp file early; row groups still fill to Beam's 64 MB buffer.
-        write = beam.io.WriteToParquet(self.prefix, self.schema, file_name_suffix=".parquet", record_batch_size=256)
-        write._sink._create_temp_dir = functools.partial(_temp_dir_outside_tables, self.temp_root)
-        return rows | write
+        write = beam.io.WriteToParquet(self.prefix, self.schema, codec=CODEC, file_name_suffix=".parquet",
+                                       record_batch_size=256)
+        return rows | temp_folder_outside_tables(write, self.temp_root)
+
+
+def temp_folder_outside_tables(write: beam.io.WriteToParquet, temp_root: str) -> beam.io.WriteToParquet:
+    """Beam's file sinks put their temp folder beside the final files, and no option moves it: this swaps
+    the sink's private `_create_temp_dir(file_path_prefix)` for one under `temp_root`. A Beam upgrade that
+    changes that method fails here, loudly, instead of leaving temp files inside the tables."""
+    sink = write._sink
+    create = getattr(type(sink), "_create_temp_dir", None)
+    if create is None or list(inspect.signature(create).parameters) != ["self", "file_path_prefix"]:
+        raise RuntimeError("apache_beam's FileBasedSink._create_temp_dir(file_path_prefix) changed; "
+                           "beam_pipeline/write.py must learn the new way to place temp files")
+    sink._create_temp_dir = functools.partial(_temp_dir_outside_tables, temp_root)
+    return write
 
 
 def check_writable(output: str) -> None:
@@ -116,6 +110,6 @@ def count_rows(files: list[str]) -> int:
 def write_run_row(output: str, row: dict) -> str:
     url = f"{table_prefix(output, 'runs', row['model_version'])}/{row['run_id']}.parquet"
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist([row], schema=TABLES["runs"]), buf)
+    pq.write_table(pa.Table.from_pylist([row], schema=TABLES["runs"]), buf, compression=CODEC)
     atomic_write_bytes(url, buf.getvalue())
     return url

@@ -4,11 +4,11 @@ On the ImageNet-sized JPEGs and the 1000-class AlexNet of `make bench`, through 
   infer alone:          batches already decoded and cropped to uint8 on the CPU: copy to the GPU, forward, top-k
   GPU decode + infer:   batches of JPEG bytes, decoded there with nvJPEG (what --gpu-decode does), then the same
   CPU decode:           the CPU's decode + resize + crop alone, on all cores, the rate --gpu-decode replaces
-and end to end, `alexlabel label --device gpu` on the DirectRunner, without and with --gpu-decode, each with
+and end to end, `alexlabel label --device cuda` on the DirectRunner, without and with --gpu-decode, each with
 its images/s and peak memory. It also compares the GPU-decoded pixels with the CPU's (color and grayscale
 JPEGs) and the top-1 each gets (of a seeded untrained model: a check of the plumbing, not of accuracy).
 
-Usage: python benchmarks/bench_gpu.py [--images 5000] [--batch 256] [--device gpu]
+Usage: python benchmarks/bench_gpu.py [--images 5000] [--batch 256] [--device cuda]
 (--device cpu runs the same measurements on a machine without a GPU, to check the script itself.)
 """
 import argparse
@@ -25,8 +25,9 @@ from bench_label import make_model, ours
 from make_images import ensure_images
 from PIL import Image
 
+from beam_pipeline.decode import ImageFile, eval_tensors_from_jpegs
 from beam_pipeline.model_handler import AlexNetModelHandler
-from schemas.preprocess import eval_tensor_from_bytes, eval_tensors_from_jpegs
+from schemas.transform import eval_tensor_from_bytes
 
 
 def prepared(args: tuple[str, object]) -> torch.Tensor:
@@ -54,10 +55,10 @@ def pixel_agreement(files: list[str], cpu_pixels: list[torch.Tensor], pre, devic
 def rate(handler, model, inputs: list[torch.Tensor], batch: int, seconds: float = 10.0) -> tuple[float, list]:
     """Images/s of handler.run_inference over `inputs` in batches (one untimed warm-up batch), and the
     top-1 of the first pass."""
-    batches = [[({"uri": str(i)}, t) for i, t in enumerate(inputs[s:s + batch], s)] for s in range(0, len(inputs),
-                                                                                                    batch)]
+    images = [ImageFile(str(i), pixels=t) for i, t in enumerate(inputs)]
+    batches = [images[s:s + batch] for s in range(0, len(images), batch)]
     handler.run_inference(batches[0], model)
-    top1 = [r.inference["indices"][0] for b in batches for r in handler.run_inference(b, model)]
+    top1 = [r.inference.indices[0] for b in batches for r in handler.run_inference(b, model)]
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for b in batches:
@@ -70,7 +71,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--device", choices=["gpu", "cpu"], default="gpu")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--workdir", default="bench-out")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)

@@ -11,10 +11,11 @@ import glob
 import json
 import time
 
+from beam_pipeline.decode import ImageFile
 from beam_pipeline.model_handler import AlexNetModelHandler
+from common.storage import read_bytes
 from schemas.checkpoint import load_checkpoint
-from schemas.preprocess import eval_tensor_from_bytes
-from schemas.storage import read_bytes
+from schemas.transform import eval_tensor_from_bytes
 
 
 def main():
@@ -28,7 +29,7 @@ def main():
     examples = []
     for f in files:
         try:
-            examples.append(({"uri": f}, eval_tensor_from_bytes(read_bytes(f), pre)[0]))  # the labeling path
+            examples.append(ImageFile(f, pixels=eval_tensor_from_bytes(read_bytes(f), pre)[0]))  # the labeling path
         except OSError:
             continue  # the sample set's deliberately broken files
     results = {}
@@ -38,7 +39,7 @@ def main():
         t0 = time.perf_counter()
         preds = []
         for i in range(0, len(examples), args.batch):
-            preds += [p.inference["indices"][0] for p in handler.run_inference(examples[i:i + args.batch], model)]
+            preds += [p.inference.indices[0] for p in handler.run_inference(examples[i:i + args.batch], model)]
         results[precision] = {"top1": preds, "images_per_s": len(examples) / (time.perf_counter() - t0),
                               "dtype": str(model.dtype)}
     agree = sum(a == b for a, b in zip(results["fp32"]["top1"], results["bf16"]["top1"], strict=True)) / len(examples)

@@ -19,9 +19,9 @@ import time
 import torch
 from make_images import ensure_images
 
-from schemas.preprocess import Preprocess
+from common.devices import pick_device
+from schemas.transform import Preprocess
 from trainer.data import EpochSampler, loader, train_transform
-from trainer.distributed import pick_device
 from trainer.models import build_model
 from trainer.train import TrainConfig, make_optimizer
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from beam_pipeline import query  # noqa: E402
+from output_tools import query  # noqa: E402
 from schemas.tables import TABLES  # noqa: E402
 
 CLASSES = [f"class_{i:03d}" for i in range(100)]

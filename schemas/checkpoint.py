@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from schemas.errors import UserError, first_line
-from schemas.preprocess import Preprocess
-from schemas.storage import atomic_write_bytes, read_bytes
+from common.errors import UserError, first_line
+from common.storage import atomic_write_bytes, read_bytes
+from schemas.transform import Preprocess
 
 FORMAT_VERSION = 1
+# What the trainer's resume checkpoint (last.pt) always holds, and an inference checkpoint never does.
+TRAINING_STATE_KEYS = frozenset({"model", "optimizer", "state", "rng"})
 
 
 class CheckpointError(UserError):
@@ -79,6 +81,12 @@ def save_checkpoint(url: str, state_dict: dict[str, torch.Tensor], manifest: Man
     return manifest
 
 
+def sibling(url: str, name: str) -> str:
+    """The file `name` in the same folder as `url`, on any fsspec URL (gs://b/run/last.pt -> gs://b/run/model.pt)."""
+    folder, slash, _ = url.rpartition("/")
+    return f"{folder}{slash}{name}"
+
+
 def load_checkpoint(url: str) -> tuple[dict[str, torch.Tensor], Manifest]:
     """Safely load and validate a checkpoint; every failure is one CheckpointError line."""
     try:
@@ -95,6 +103,9 @@ def load_checkpoint(url: str) -> tuple[dict[str, torch.Tensor], Manifest]:
     except Exception as e:
         raise CheckpointError(f"checkpoint {url} is truncated or not a torch file ({type(e).__name__}); "
                               "re-copy or re-export it") from None
+    if isinstance(obj, dict) and "manifest" not in obj and TRAINING_STATE_KEYS <= obj.keys():
+        raise CheckpointError(f"checkpoint {url} is a training checkpoint (for `alexlabel train --resume`), not an "
+                              f"inference one; use {sibling(url, 'model.pt')} beside it")
     if not isinstance(obj, dict) or "manifest" not in obj or "state_dict" not in obj:
         raise CheckpointError(f"checkpoint {url} has no alexlabel manifest; wrap plain state dicts with "
                               "`alexlabel import-weights`")

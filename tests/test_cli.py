@@ -42,11 +42,33 @@ def test_missing_or_unsafe_checkpoint_fails_before_any_input_is_read(sample_dir,
     assert "no alexlabel manifest" in line and not (tmp_path / "out").exists()
 
 
-def test_gpu_requested_without_a_gpu_fails_loudly(checkpoint, sample_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", ["label", "evaluate"])
+def test_the_trainers_resume_checkpoint_is_named_and_model_pt_suggested(command, checkpoint, sample_dir, tmp_path):
+    last = os.path.join(os.path.dirname(checkpoint), "last.pt")  # the resume state the fixture's training wrote
+    args = (["--input", f"{sample_dir}/bucket/*", "--output", tmp_path / "out"] if command == "label"
+            else ["--data", f"{sample_dir}/val"])
+    line = one_line_error(invoke(command, "--checkpoint", last, *args))
+    assert line == (f"Error: checkpoint {last} is a training checkpoint (for `alexlabel train --resume`), not an "
+                    f"inference one; use {checkpoint} beside it")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["label", "evaluate"])
+@pytest.mark.parametrize("word", ["cuda", "gpu"])  # label's first word for it is still understood
+def test_gpu_requested_without_a_gpu_fails_loudly(checkpoint, sample_dir, tmp_path, monkeypatch, command, word):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint,
-                                 "--output", tmp_path / "out", "--device", "gpu"))
-    assert "--device gpu was asked for but no CUDA GPU works" in line and not (tmp_path / "out").exists()
+    args = (["--input", f"{sample_dir}/bucket/*", "--output", tmp_path / "out"] if command == "label"
+            else ["--data", f"{sample_dir}/val"])
+    line = one_line_error(invoke(command, "--checkpoint", checkpoint, "--device", word, *args))
+    assert "--device cuda was asked for but no CUDA GPU works" in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["label", "train"])
+def test_an_unknown_device_word_names_the_words_of_both_commands(checkpoint, sample_dir, tmp_path, command):
+    args = (["--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint] if command == "label"
+            else ["--data", sample_dir])
+    line = one_line_error(invoke(command, *args, "--output", tmp_path / "out", "--device", "tpu"))
+    assert "unknown --device 'tpu'; use auto, cpu or cuda" in line and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args, shows", [(["schema", "runs"], "run_id"), (["--help"], "import-weights  Wrap")])
@@ -68,8 +90,8 @@ def test_help_summarizes_each_lazy_command_as_its_own_help_does(name):
 
 def test_gpu_decode_without_the_gpu_device_is_refused(checkpoint, sample_dir, tmp_path):
     line = one_line_error(invoke("label", "--input", f"{sample_dir}/bucket/*", "--checkpoint", checkpoint,
-                                 "--output", tmp_path / "out", "--gpu-decode"))
-    assert "--gpu-decode decodes JPEGs on the GPU the model runs on; add --device gpu" in line
+                                 "--output", tmp_path / "out", "--device", "cpu", "--gpu-decode"))
+    assert "--gpu-decode decodes JPEGs on the GPU the model runs on; add --device cuda" in line
     assert not (tmp_path / "out").exists()
 
 
@@ -82,8 +104,8 @@ def test_label_then_query_summary_sql_and_truth(checkpoint, sample_dir, tmp_path
     assert summary.exit_code == 0, summary.output
     for heading in ("runs:", "labels:", "errors:", "accuracy:", "UnidentifiedImageError", "compared"):
         assert heading in summary.output
-    sql = invoke("query", out, "--sql", "SELECT count(*) AS n FROM labels WHERE uri LIKE '%img_%'")
-    assert sql.exit_code == 0 and "12" in sql.output
+    sql = invoke("query", out, "--sql", "SELECT count(*) AS n FROM labels WHERE uri LIKE '%img_%'", "--format", "json")
+    assert sql.exit_code == 0 and json.loads(sql.output) == [{"n": 12}]
 
 
 def test_query_of_an_empty_folder_says_what_to_run(tmp_path):
@@ -98,7 +120,7 @@ def test_schema_prints_bigquery_json():
     assert fields[0] == {"name": "uri", "type": "STRING", "mode": "REQUIRED"}
 
 
-@pytest.mark.parametrize("command", ["demo", "sample-data", "train", "evaluate", "label", "query", "schema"])
+@pytest.mark.parametrize("command", main.list_commands(click.Context(main)))
 def test_every_command_has_help(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Usage: main " + command in result.output
@@ -153,5 +175,5 @@ def test_credentials_never_reach_tables_messages_or_output(checkpoint, sample_di
 def test_batches_are_fixed_in_size_unless_a_smaller_minimum_is_asked_for():
     def sizes(**kw):
         return LabelOptions(inputs=["x"], checkpoint="m.pt", output="o", **kw).batch_sizes()
-    assert sizes() == (64, 64) and sizes(device="gpu") == (256, 256)
+    assert sizes() == (64, 64) and sizes(device="cuda") == sizes(device="gpu") == (256, 256)
     assert sizes(max_batch_size=16) == (16, 16) and sizes(min_batch_size=8) == (8, 64)

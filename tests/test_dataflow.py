@@ -20,7 +20,7 @@ from beam_pipeline.options import LabelOptions, UsageError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU_JOB = dict(inputs=["gs://b-in/images/**"], checkpoint="gs://b-in/model.pt", output="gs://b-out/labels",
                runner="DataflowRunner", project="my-project", region="us-central1", temp_location="gs://b-tmp/tmp",
-               device="gpu", gpu_type="nvidia-l4", container_image="us-docker.pkg.dev/p/r/alexlabel-gpu:1")
+               device="cuda", gpu_type="nvidia-l4", container_image="us-docker.pkg.dev/p/r/alexlabel-gpu:1")
 
 
 def test_gpu_job_maps_to_dataflow_worker_options():
@@ -46,7 +46,7 @@ def test_user_beam_args_come_last_and_win():
     ({"project": ""}, "needs --project"),
     ({"temp_location": "/tmp/x"}, "--temp-location /tmp/x is not on gs://"),
     ({"inputs": ["/data/img.jpg"]}, "--input /data/img.jpg is not on gs://"),
-    ({"device": "cpu"}, "add --device gpu"),
+    ({"device": "cpu"}, "drop --device cpu"),
     ({"gpu_type": ""}, "needs --gpu-type"),
     ({"gpu_type": "nvidia-new"}, "pass --machine-type"),
     ({"runner": "DirectRunner"}, "add --runner DataflowRunner"),
@@ -80,12 +80,12 @@ def test_dry_run_translates_the_whole_job_offline(gcs, sample_dir, checkpoint):
     result = CliRunner().invoke(main, [
         "label", "--input", "gs://alexlabel-df/images/**", "--checkpoint", "gs://alexlabel-df/model.pt",
         "--output", "gs://alexlabel-df/out", "--runner", "DataflowRunner", "--project", "test-project",
-        "--region", "us-central1", "--temp-location", "gs://alexlabel-df/tmp", "--device", "gpu",
+        "--region", "us-central1", "--temp-location", "gs://alexlabel-df/tmp", "--device", "cuda",
         "--gpu-type", "nvidia-l4", "--container-image", "example.com/alexlabel-gpu:test", "--dry-run", "--no_auth"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output[: result.output.rindex("}") + 1])
     assert "--dry_run=True" in printed["beam_options"]
-    assert {"MatchImages", "PrepareImages", "Classify", "ToLabelRows", "WriteLabels",
+    assert {"MatchImages", "PrepareImages", "Classify", "ToRows", "WriteLabels",
             "WriteErrors"} <= set(printed["translated_transforms"])
     assert not gcs.exists("alexlabel-df/out")  # nothing written, nothing submitted
 

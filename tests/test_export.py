@@ -7,8 +7,8 @@ import pytest
 from commands import invoke
 from outputs import label, write_images, write_output
 
+from beam_pipeline.launch import run
 from beam_pipeline.options import LabelOptions
-from beam_pipeline.pipeline import run
 from trainer.data import list_image_folder, read_manifest
 
 

@@ -11,16 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from beam_pipeline import model_handler
+from beam_pipeline import decode, model_handler
+from beam_pipeline.decode import ImageFile, ImageFileCoder, PrepareImage, eval_tensors_from_jpegs
+from beam_pipeline.launch import counter, run
 from beam_pipeline.options import LabelOptions, UsageError
-from beam_pipeline.pipeline import build, counter, make_pipeline, run
-from beam_pipeline.preprocess import PixelsCoder, PrepareImage
+from beam_pipeline.pipeline import build, make_pipeline
+from beam_pipeline.rows import Failure
 from beam_pipeline.write import make_table_folders
-from schemas import preprocess as preprocess_contract
 from schemas.checkpoint import load_checkpoint
-from schemas.preprocess import Preprocess, decode_image, eval_tensor_from_bytes, eval_tensors_from_jpegs
 from schemas.tables import TABLES
-from trainer.evaluate import load_model
+from schemas.transform import Preprocess, decode_image, eval_tensor_from_bytes
+from trainer.models import load_model
 
 TOP_K, THRESHOLD = 3, 0.3
 
@@ -81,7 +82,7 @@ def test_broken_files_land_in_errors_with_stage_and_message(labeled, checkpoint)
 
 def test_label_rows_hold_calibrated_top_k_from_the_checkpoint(labeled, checkpoint):
     out, row = labeled
-    module, manifest = load_model(checkpoint, torch.device("cpu"))
+    module, manifest = load_model(checkpoint)
     for r in read_table(out, "labels"):
         with open(r["uri"], "rb") as f:
             data = f.read()
@@ -176,28 +177,88 @@ def test_a_local_run_loads_the_checkpoint_once(bucket, checkpoint, tmp_path, mon
     assert row["labeled"] == 10 and loads == [(checkpoint, "cpu", "auto")]
 
 
-def test_a_failed_start_keeps_no_model_loaded(bucket, checkpoint, tmp_path):
+def test_a_failed_start_keeps_no_model_loaded(bucket, checkpoint, tmp_path, monkeypatch):
+    """The launcher loads the model to check it; when the run cannot start, a long-lived process (a notebook,
+    --watch) must not go on holding the weights."""
+    import gc
+    import weakref
+
+    loaded = []
+    real = model_handler.load_classifier
+    monkeypatch.setattr(model_handler, "load_classifier",
+                        lambda *args: loaded.append(weakref.ref((c := real(*args)).module)) or c)
     with pytest.raises(UsageError, match="no image files match"):
         run(LabelOptions(inputs=[f"{bucket}/nothing-*.jpg"], checkpoint=checkpoint, output=str(tmp_path)))
-    assert not model_handler._kept  # checked, then let go: a long-lived process does not hold the weights
+    gc.collect()
+    assert len(loaded) == 1 and loaded[0]() is None
 
 
-def test_decoded_images_are_coded_as_shape_and_bytes_not_pickled():
-    """PrepareImage's output gets PixelsCoder: Beam's element-size sampling no longer pickles every image.
+def test_prepared_images_have_a_coder_of_their_own_not_pickles():
+    """PrepareImage's output gets ImageFileCoder: Beam's element-size sampling no longer pickles every image,
+    and no other tensor in the process is touched (the coder is registered for ImageFile, not torch.Tensor).
 
     Built with the job's own Beam options: Beam infers element types, and so coders, only while its
     construction-time type checks are on.
     """
     opts = LabelOptions(inputs=["/data/*.jpg"], checkpoint="/models/model.pt", output="/out").validate()
-    images = (make_pipeline(opts) | beam.Create(["x"])
-              | beam.ParDo(PrepareImage(Preprocess(256, 224))).with_outputs("errors", main="images")).images
+    images = make_pipeline(opts) | beam.Create(["x"]) | beam.ParDo(PrepareImage(Preprocess(256, 224)))
     coder = beam.coders.registry.get_coder(images.element_type)
-    assert isinstance(coder, beam.coders.TupleCoder) and isinstance(coder.coders()[1], PixelsCoder)
+    assert isinstance(coder, ImageFileCoder)
+    assert not isinstance(beam.coders.registry.get_coder(torch.Tensor), ImageFileCoder)
     pixels = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8)
-    meta = {"uri": "gs://b/a.jpg", "width": 500, "height": 375}
-    back = coder.decode(coder.encode((meta, pixels)))
-    assert back[0] == meta and torch.equal(back[1], pixels)
-    assert PixelsCoder().estimate_size(pixels) == len(PixelsCoder().encode(pixels))
+    for image in (ImageFile("gs://b/a.jpg", 1234, "ab" * 32, 500, 375, pixels),
+                  ImageFile("gs://b/c.jpg", 0, failure=Failure("decode", "ValueError", "file is empty"))):
+        encoded = coder.encode(image)
+        back = coder.decode(encoded)
+        assert [getattr(back, f) for f in ("uri", "size_bytes", "content_sha256", "width", "height", "failure")] == \
+            [getattr(image, f) for f in ("uri", "size_bytes", "content_sha256", "width", "height", "failure")]
+        assert (back.pixels is None) == (image.pixels is None)
+        assert image.pixels is None or torch.equal(back.pixels, pixels)
+        assert coder.estimate_size(image) == len(encoded)
+
+
+def test_file_urls_and_relative_list_lines_name_each_file_once(bucket, checkpoint, tmp_path, monkeypatch):
+    """`file:///path` (what fsspec's unstrip_protocol gives, and the trainer writes) and a relative line in a
+    URI list are the same file as its plain absolute path: one row, under one uri, and resume sees it."""
+    out = str(tmp_path / "out")
+    listing = tmp_path / "lists" / "uris.txt"
+    listing.parent.mkdir()
+    relative = os.path.relpath(f"{bucket}/img_00002.jpg", listing.parent)
+    listing.write_text(f"file://{bucket}/img_00001.jpg\n{relative}\n")
+    monkeypatch.chdir(tmp_path)  # relative lines are taken from the list's folder, not from here
+    first = run(LabelOptions(inputs=[f"file://{bucket}/img_0000[0-2].jpg"], input_lists=[str(listing)],
+                             checkpoint=checkpoint, output=out))
+    assert (first["matched"], first["labeled"], first["errored"]) == (3, 3, 0)
+    assert sorted(r["uri"] for r in read_table(out, "labels")) == [f"{bucket}/img_0000{i}.jpg" for i in range(3)]
+    again = run(LabelOptions(inputs=[f"{bucket}/img_0000[0-3].jpg"], checkpoint=checkpoint, output=out,
+                             skip_existing=True))
+    assert (again["matched"], again["labeled"], again["skipped"]) == (4, 1, 3)
+
+
+def test_tables_are_zstd_parquet(labeled):
+    out, _ = labeled
+    for table in ("labels", "errors", "runs"):
+        for f in glob.glob(f"{out}/{table}/*/*.parquet"):
+            meta = pq.ParquetFile(f).metadata
+            assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}, f
+
+
+def test_the_parquet_sink_keeps_its_temp_folder_outside_the_tables(tmp_path, monkeypatch):
+    """The one place alexlabel reaches into Beam's privates: if a Beam upgrade changes it, this fails."""
+    from apache_beam.io.filebasedsink import FileBasedSink
+
+    from beam_pipeline.write import temp_folder_outside_tables
+
+    def sink_writer():
+        return beam.io.WriteToParquet(f"{tmp_path}/labels/model=m/run", TABLES["labels"])
+
+    write = temp_folder_outside_tables(sink_writer(), f"{tmp_path}/.beam-temp")
+    temp = write._sink.initialize_write()  # what Beam calls when a write starts
+    assert temp.startswith(f"{tmp_path}/.beam-temp/run-") and os.path.isdir(temp)
+    assert not os.path.exists(f"{tmp_path}/labels")
+    monkeypatch.setattr(FileBasedSink, "_create_temp_dir", lambda self, prefix, suffix: prefix)
+    with pytest.raises(RuntimeError, match="_create_temp_dir.*changed"):
+        temp_folder_outside_tables(sink_writer(), f"{tmp_path}/.beam-temp")
 
 
 def small_jpeg(path, size, seed: int) -> bytes:
@@ -252,7 +313,7 @@ def test_the_batch_decoder_falls_back_to_the_cpu_for_a_refused_jpeg_but_a_failin
     pre = Preprocess(36, 32)
     data = small_jpeg(tmp_path / "a.jpg", (60, 48), seed=0)
     encoded = eval_tensor_from_bytes(data, pre, keep_jpeg=True)[0]
-    real = preprocess_contract.decode_jpeg
+    real = decode.decode_jpeg
 
     def device_decoder(failure):
         def decode(jpegs, mode, device=None):  # calls naming a device are the batch decoder's, the rest the CPU's
@@ -261,9 +322,9 @@ def test_the_batch_decoder_falls_back_to_the_cpu_for_a_refused_jpeg_but_a_failin
             return real(jpegs, mode=mode)
         return decode
 
-    monkeypatch.setattr(preprocess_contract, "decode_jpeg", device_decoder(RuntimeError("nvjpeg: refused")))
+    monkeypatch.setattr(decode, "decode_jpeg", device_decoder(RuntimeError("nvjpeg: refused")))
     (tensor,) = eval_tensors_from_jpegs([encoded], pre, torch.device("cpu"))
     assert torch.equal(tensor, eval_tensor_from_bytes(data, pre)[0])
-    monkeypatch.setattr(preprocess_contract, "decode_jpeg", device_decoder(torch.OutOfMemoryError("CUDA OOM")))
+    monkeypatch.setattr(decode, "decode_jpeg", device_decoder(torch.OutOfMemoryError("CUDA OOM")))
     with pytest.raises(torch.OutOfMemoryError):  # the batch fails (infer error rows), never a good file's row
         eval_tensors_from_jpegs([encoded], pre, torch.device("cpu"))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from beam_pipeline.raw_pixels import fold_normalization
-from schemas.preprocess import Preprocess
+from schemas.transform import Preprocess
 from trainer.models import build_model
 
 SMALL = Preprocess(72, 64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))

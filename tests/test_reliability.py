@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from beam_pipeline.launch import run
 from beam_pipeline.options import LabelOptions
-from beam_pipeline.pipeline import run
 
 ALEXLABEL = os.path.join(os.path.dirname(sys.executable), "alexlabel")
 DECODE_BUDGET_MIB = 512  # on top of what merely importing the stack costs (the CUDA torch build: ~1.2 GiB)
@@ -167,7 +167,7 @@ def probe(script: str, mode: str) -> int:
 
 
 def test_heap_stays_flat_two_arenas_and_free_pages_handed_back():
-    """Why memory stays flat over 20,000 images (README "Memory"): PrepareImage.setup bounds the arenas,
+    """Why memory stays flat over 20,000 images (BENCHMARKS.md "Memory"): PrepareImage.setup bounds the arenas,
     and the model handler trims the heap between batches. Each default run shows glibc's behaviour
     without them, so this test can tell the difference."""
     assert probe(ARENA_PROBE, "default") >= 4

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from schemas.checkpoint import FORMAT_VERSION, CheckpointError, Manifest, load_checkpoint, save_checkpoint
-from schemas.preprocess import ImageTooLarge, Preprocess, decode_image
-from schemas.storage import resolve_uri
+from common.storage import resolve_uri
+from schemas.checkpoint import FORMAT_VERSION, CheckpointError, Manifest, load_checkpoint, save_checkpoint, sibling
 from schemas.tables import ERRORS, LABELS, RUNS, bigquery_schema
+from schemas.transform import ImageTooLarge, Preprocess, decode_image
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -103,6 +103,28 @@ def test_weights_hash_changes_with_the_weights(tmp_path):
     changed = {**state_dict(), "b": torch.ones(2)}
     b = save_checkpoint(str(tmp_path / "b.pt"), changed, small_manifest())
     assert a.model_version != b.model_version
+
+
+@pytest.mark.parametrize("url, model", [
+    ("/runs/a/last.pt", "/runs/a/model.pt"),
+    ("gs://bucket/runs/a/last.pt", "gs://bucket/runs/a/model.pt"),
+    ("last.pt", "model.pt"),
+])
+def test_sibling_stays_in_the_same_folder_on_any_url(url, model):
+    assert sibling(url, "model.pt") == model
+
+
+def test_a_training_checkpoint_is_named_and_other_plain_dicts_still_say_import_weights(tmp_path):
+    last, plain = tmp_path / "run" / "last.pt", tmp_path / "plain.pt"
+    last.parent.mkdir()
+    torch.save({"model": state_dict(), "optimizer": {"state": {}}, "state": "{}", "rng": []}, last)
+    torch.save({"model": state_dict()}, plain)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(str(last))
+    assert str(e.value) == (f"checkpoint {last} is a training checkpoint (for `alexlabel train --resume`), not an "
+                            f"inference one; use {tmp_path / 'run' / 'model.pt'} beside it")
+    with pytest.raises(CheckpointError, match="has no alexlabel manifest; wrap plain state dicts with"):
+        load_checkpoint(str(plain))
 
 
 class Payload:

@@ -5,8 +5,8 @@ import os
 import pyarrow.parquet as pq
 from faulty_gcs import FaultyProxy
 
+from beam_pipeline.launch import run
 from beam_pipeline.options import LabelOptions
-from beam_pipeline.pipeline import run
 
 
 def test_transient_faults_are_retried_and_a_broken_object_is_an_error_row(gcs, sample_dir, checkpoint, tmp_path,

@@ -14,8 +14,9 @@ from apache_beam.testing.test_stream import TestStream as _TestStream  # not a p
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 
+from beam_pipeline.launch import watch
 from beam_pipeline.options import LabelOptions, UsageError
-from beam_pipeline.pipeline import label_uris, watch
+from beam_pipeline.pipeline import label_uris
 from beam_pipeline.streaming import WriteWindowedTable, matches_any, notification_uri
 from schemas.checkpoint import load_checkpoint, save_checkpoint
 
@@ -62,6 +63,7 @@ def test_model_hot_swap_through_the_side_input(sample_dir, checkpoint, tmp_path)
                          manifest)
     bucket = os.path.join(sample_dir, "bucket")
     images = [(f"{bucket}/img_0000{i}.jpg", t) for i, t in enumerate((1, 3, 12, 15))]
+    broken = [(f"{bucket}/broken_empty.jpg", 2), (f"{bucket}/broken_html.jpg", 14)]  # before and after the swap
     opts = LabelOptions(inputs=[bucket], checkpoint=checkpoint, output=str(tmp_path), run_id="swap")
     with beam.Pipeline(runner="FnApiRunner") as p:
         updates = (p
@@ -74,7 +76,7 @@ def test_model_hot_swap_through_the_side_input(sample_dir, checkpoint, tmp_path)
                    | "GroupUpdates" >> beam.GroupByKey()
                    | "Latest" >> beam.FlatMap(lambda kv: kv[1]))
         uris = (p
-                | "Uris" >> beam.Create(images)
+                | "Uris" >> beam.Create(images + broken)
                 | "StampUris" >> beam.Map(lambda x: TimestampedValue(x[0], x[1]))
                 | "WindowUris" >> beam.WindowInto(window.FixedWindows(10))
                 | "KeyUris" >> beam.Map(lambda u: ("k", u))
@@ -88,6 +90,12 @@ def test_model_hot_swap_through_the_side_input(sample_dir, checkpoint, tmp_path)
         images[2][0]: v2.model_version, images[3][0]: v2.model_version}
     assert {os.path.basename(os.path.dirname(f)) for f in files} == {f"model={manifest.model_version}",
                                                                     f"model={v2.model_version}"}
+    # Errors too are stamped, and partitioned, under the model that was live when the file came.
+    errors, error_files = rows(str(tmp_path), "errors")
+    assert {r["uri"]: (r["stage"], r["model_version"]) for r in errors} == {
+        broken[0][0]: ("decode", manifest.model_version), broken[1][0]: ("decode", v2.model_version)}
+    assert {os.path.basename(os.path.dirname(f)) for f in error_files} == {f"model={manifest.model_version}",
+                                                                          f"model={v2.model_version}"}
 
 
 def test_notifications_become_uris_only_for_new_objects():

@@ -6,13 +6,16 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
+from commands import invoke, one_line_error
 
 from alexlabel.cli import main
+from common.errors import UserError
 from schemas.checkpoint import load_checkpoint
 from trainer.calibrate import expected_calibration_error, fit_temperature
 from trainer.data import DataError, list_image_folder
 from trainer.evaluate import format_confusion
 from trainer.models import build_model
+from trainer.train import TrainConfig
 
 
 def test_exported_checkpoint_carries_the_inference_contract(checkpoint, sample_dir):
@@ -78,6 +81,21 @@ def test_empty_class_folder_stops_before_training(tmp_path):
     assert result.output.strip().splitlines() == [f"Error: class folder {tmp_path}/train/cats has no images; "
                                                   "add images or remove the folder"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, words", [("--amp", "fp8", "auto, bf16, fp16 or off"),
+                                                  ("--optimizer", "adam", "sgd or adamw"),
+                                                  ("--schedule", "linear", "cosine, step or plateau")])
+def test_an_unknown_option_word_is_one_line_naming_the_words_before_any_work(option, value, words, tmp_path):
+    message = f"unknown {option} {value!r}; use {words}"
+    # no data at --data: validation comes first
+    result = invoke("train", "--data", tmp_path / "none", "--output", tmp_path / "out", option, value)
+    assert one_line_error(result) == f"Error: {message}"
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError) as raised:
+        TrainConfig(output="unused", **{option.removeprefix("--"): value}).validate()
+    assert str(raised.value) == message
+    assert words.replace(", ", "|").replace(" or ", "|") in invoke("train", "--help").output
 
 
 def train_small(sample_dir, output, *options):

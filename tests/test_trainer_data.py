@@ -13,7 +13,7 @@ from torchvision import transforms
 
 from alexlabel.cli import main
 from schemas.checkpoint import load_checkpoint
-from schemas.preprocess import Preprocess, to_uint8_tensor
+from schemas.transform import Preprocess, to_uint8_tensor
 from trainer.data import (
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from alexlabel.cli import main
 from schemas.checkpoint import load_checkpoint
-from schemas.preprocess import Preprocess
+from schemas.transform import Preprocess
 from trainer.data import list_image_folder, loader
 from trainer.distributed import spawn
 from trainer.evaluate import predict

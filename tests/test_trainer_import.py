@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from alexlabel.cli import main
 from schemas.checkpoint import load_checkpoint
-from schemas.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from trainer.evaluate import load_model
+from schemas.transform import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from trainer.models import load_model
 
 CLASSES = ["cat", "dog", "fox", "owl", "yak"]
 
@@ -46,7 +46,7 @@ def test_import_wraps_the_weights_with_imagenet_preprocessing(weights, tmp_path)
     assert all(torch.equal(loaded[k], state_dict[k]) for k in state_dict)
     assert manifest.model_version in result.output
 
-    module, _ = load_model(str(out), torch.device("cpu"))  # what the pipeline does with it
+    module, _ = load_model(str(out))  # what the pipeline does with it
     reference = torchvision.models.alexnet(num_classes=len(CLASSES)).eval()
     reference.load_state_dict(state_dict)
     x = torch.randn(2, 3, 224, 224)

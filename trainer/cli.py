@@ -5,15 +5,21 @@ from dataclasses import replace
 import click
 import torch
 
-from schemas.errors import UserError
-from schemas.storage import atomic_write_bytes
+from common.devices import DEVICE_HELP, DEVICE_WORDS, pick_device
+from common.errors import UserError
+from common.storage import atomic_write_bytes
 from trainer import distributed
-from trainer.data import CROPS, eval_loader, list_image_folder
-from trainer.distributed import World, pick_device
-from trainer.evaluate import accuracy_report, format_confusion, load_model, predict
-from trainer.models import ARCHS
-from trainer.train import SCHEDULES, TrainConfig, train
+from trainer.data import eval_loader, list_image_folder
+from trainer.distributed import World
+from trainer.evaluate import accuracy_report, format_confusion, predict
+from trainer.models import ARCHS, load_model
+from trainer.train import CHOICES, TrainConfig, train
 from trainer.weights import IMAGENET_EVAL, import_weights
+
+
+def words(option: str) -> str:
+    """--help's a|b|c for an option TrainConfig.validate checks, so the CLI does not check it a second time."""
+    return "|".join(CHOICES[option])
 
 
 @click.command("train")
@@ -29,31 +35,31 @@ from trainer.weights import IMAGENET_EVAL, import_weights
 @click.option("--image-size", type=int, default=224, show_default=True, help="Crop size fed to the network.")
 @click.option("--resize", type=int, default=0, help="Shorter side before the eval center crop and the paper crop "
               "[default: image size * 256 / 224].")
-@click.option("--crop", type=click.Choice(CROPS), default="random-resized", show_default=True,
+@click.option("--crop", metavar=words("crop"), default="random-resized", show_default=True,
               help="Training crop: random area/aspect, or the paper's random image-size crop after --resize.")
 @click.option("--pca-lighting", type=float, default=0.0, show_default=True,
               help="Std of AlexNet's PCA colour noise on training images (paper: 0.1); 0 is off.")
 @click.option("--epochs", type=int, default=90, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True,
               help="Global batch: data-parallel processes each take an equal share of it.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option("--optimizer", metavar=words("optimizer"), default="sgd", show_default=True)
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
+@click.option("--schedule", metavar=words("schedule"), default="cosine", show_default=True,
               help="cosine to 0; step: x --lr-gamma every --lr-step-epochs; plateau: x --lr-gamma when "
               "--plateau-metric stalls for --plateau-patience epochs.")
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True, help="Linear warmup before the schedule.")
 @click.option("--lr-step-epochs", type=float, default=30.0, show_default=True)
 @click.option("--lr-gamma", type=float, default=0.1, show_default=True)
-@click.option("--plateau-metric", type=click.Choice(["val_loss", "val_top1"]), default="val_loss", show_default=True)
+@click.option("--plateau-metric", metavar=words("plateau_metric"), default="val_loss", show_default=True)
 @click.option("--plateau-patience", type=int, default=5, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--clip-grad-norm", type=float, default=0.0, show_default=True,
               help="Clip the global gradient norm to this; 0 is off.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
+@click.option("--amp", metavar=words("amp"), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 adds a gradient scaler.")
 @click.option("--compile", is_flag=True, help="torch.compile the model (slow start, faster steps on GPUs).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, metavar=DEVICE_WORDS, help=DEVICE_HELP)
 @click.option("--workers", type=int, default=2, show_default=True,
               help="DataLoader decode processes, per training process.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
@@ -109,13 +115,14 @@ def import_weights_command(state_dict, arch, classes_file, output, resize, crop)
 @click.option("--checkpoint", required=True, help="An inference checkpoint (model.pt).")
 @click.option("--data", required=True, help="Folder or bucket URL of <class>/<images>, e.g. DATA/val.")
 @click.option("--json", "json_out", help="Also write the full report (per-class, confusion) as JSON here.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, metavar=DEVICE_WORDS, help=DEVICE_HELP)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 def evaluate_command(checkpoint, data, json_out, device, batch_size, workers):
     """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a labelled image folder."""
     torch_device = pick_device(device)
-    module, manifest = load_model(checkpoint, torch_device)
+    module, manifest = load_model(checkpoint)
+    module = module.to(torch_device, memory_format=torch.channels_last)
     _, samples = list_image_folder(data, manifest.class_names)
     pre = manifest.preprocess
     logits, labels = predict(module, eval_loader(samples, pre, batch_size, workers),

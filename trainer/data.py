@@ -1,6 +1,6 @@
 """Training data from ImageFolder trees or (uri, label) manifests on any fsspec URL (local or gs://).
 
-Images are decoded with the shared image contract (schemas.preprocess) and kept uint8 until the batch
+Images are decoded with the shared image contract (schemas.transform) and kept uint8 until the batch
 reaches the model, where it is normalized once. An image that cannot be read mid-epoch is dropped
 from its batch and counted, never a crash.
 """
@@ -14,11 +14,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from schemas.errors import UserError, first_line
-from schemas.preprocess import INTERPOLATIONS, Preprocess, decode_image, eval_tensor_from_bytes, to_uint8_tensor
-from schemas.storage import read_bytes, resolve_uri
+from common.errors import UserError, first_line
+from common.storage import has_extension, read_bytes, resolve_uri
+from schemas.transform import INTERPOLATIONS, Preprocess, decode_image, eval_tensor_from_bytes, to_uint8_tensor
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CROPS = ("random-resized", "paper")
 # AlexNet's PCA of ImageNet RGB pixels scaled to [0, 1] (eigenvalues; eigenvectors as columns),
 # the figures torch's reference ImageNet recipes (fb.resnet.torch) use for its colour augmentation.
@@ -43,7 +42,7 @@ def list_image_folder(url: str, class_names: list[str] | None = None) -> tuple[l
         raise DataError(f"{url} has no class folders; expect {url}/<class>/<image files>")
     samples = []
     for index, name in enumerate(classes):
-        files = sorted(p for p in fs.find(f"{root}/{name}") if p.lower().endswith(IMAGE_EXTENSIONS))
+        files = sorted(p for p in fs.find(f"{root}/{name}") if has_extension(p))
         if not files:
             raise DataError(f"class folder {url}/{name} has no images; add images or remove the folder")
         samples += [(fs.unstrip_protocol(p), index) for p in files]
@@ -97,8 +96,6 @@ def train_transform(pre: Preprocess, crop: str = "random-resized"):
     `random-resized`: a random 50-100% area and aspect, resized to pre.crop (Inception style).
     """
     mode = _torchvision_mode(pre)
-    if crop not in CROPS:
-        raise UserError(f"unknown crop {crop!r}; use one of {', '.join(CROPS)}")
     cropping = ([transforms.Resize(pre.resize, interpolation=mode), transforms.RandomCrop(pre.crop)]
                 if crop == "paper" else [transforms.RandomResizedCrop(pre.crop, scale=(0.5, 1.0), interpolation=mode)])
     return transforms.Compose([*cropping, transforms.RandomHorizontalFlip(), to_uint8_tensor])

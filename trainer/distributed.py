@@ -15,7 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from schemas.errors import UserError
+from common.devices import pick_device
+from common.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,6 @@ class World:
         size = int(env.get("WORLD_SIZE", "1"))
         return cls(int(env.get("RANK", "0")), size, int(env.get("LOCAL_RANK", "0")),
                    int(env.get("LOCAL_WORLD_SIZE", str(size))))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def join(device_name: str) -> tuple[World, torch.device]:

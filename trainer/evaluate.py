@@ -1,18 +1,7 @@
 """Predictions over a labelled loader, and the accuracy report built from them."""
 import torch
 
-from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
-from schemas.preprocess import Preprocess
-from trainer.models import build_model
-
-
-def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, Manifest]:
-    state_dict, manifest = load_checkpoint(checkpoint)
-    try:
-        module = build_model(manifest.arch, len(manifest.class_names), state_dict, **manifest.arch_kwargs)
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
-    return module.to(device, memory_format=torch.channels_last).eval(), manifest
+from schemas.transform import Preprocess
 
 
 @torch.inference_mode()

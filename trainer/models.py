@@ -4,12 +4,16 @@
 - `alexnet2012`: the 2012 paper's network: 96-256-384-384-256 convolutions, local response
   normalization (k=2, n=5, alpha=1e-4, beta=0.75), overlapping 3x3/2 max pooling, dropout 0.5.
 - `alexnet_small`: the same shape for 32-96 px inputs (stride-2 5x5 stem), with a width knob.
+
+`load_model` builds the one a checkpoint names, for evaluation and labeling alike. The labeling pipeline
+takes this module and nothing else from the trainer.
 """
 import torch
 from torch import nn
 from torchvision.models import AlexNet
 
-from schemas.errors import first_line
+from common.errors import first_line
+from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
 
 
 def _lrn() -> nn.LocalResponseNorm:
@@ -87,3 +91,13 @@ def build_model(arch: str, num_classes: int, state_dict: dict | None = None, **k
         raise ValueError(f"weights or options do not fit {arch} with {num_classes} classes ({first_line(e)})"
                          ) from None
     return model
+
+
+def load_model(checkpoint: str) -> tuple[nn.Module, Manifest]:
+    """The network a checkpoint holds, in eval mode on the CPU, and its manifest; CheckpointError says why not."""
+    state_dict, manifest = load_checkpoint(checkpoint)
+    try:
+        module = build_model(manifest.arch, len(manifest.class_names), state_dict, **manifest.arch_kwargs)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
+    return module.eval(), manifest

@@ -7,7 +7,7 @@ as a labels table filtered to its accepted rows. Writes under OUTPUT:
 - model.pt: the best epoch by val top-1, as an inference checkpoint (schemas.checkpoint), calibrated;
 - best-epochNNN-top1-X.XXX.pt: the keep_best best epochs, in the same format;
 - metrics.jsonl: one row per epoch.
-Every file is written atomically (schemas.storage), so a crash leaves the previous version readable.
+Every file is written atomically (common.storage), so a crash leaves the previous version readable.
 
 Data-parallel (torchrun, or `alexlabel train --nproc N`; see trainer.distributed): --batch-size is the
 global batch, split across the processes, so a recipe means the same steps at any process count. Each
@@ -26,16 +26,17 @@ from datetime import UTC, datetime
 import fsspec
 import torch
 import torchvision
-from torch.optim.lr_scheduler import LambdaLR, LinearLR, ReduceLROnPlateau
+from torch.optim.lr_scheduler import LambdaLR, LinearLR, LRScheduler, ReduceLROnPlateau
 from tqdm import tqdm
 
+from common.errors import UserError, first_line
+from common.storage import atomic_write_bytes, read_bytes
 from schemas.checkpoint import Manifest, load_checkpoint, save_checkpoint
-from schemas.errors import UserError, first_line
-from schemas.preprocess import Preprocess
-from schemas.storage import atomic_write_bytes, read_bytes
+from schemas.transform import Preprocess
 from trainer import distributed
 from trainer.calibrate import expected_calibration_error, fit_temperature
 from trainer.data import (
+    CROPS,
     EpochSampler,
     eval_loader,
     list_image_folder,
@@ -48,8 +49,10 @@ from trainer.distributed import World
 from trainer.evaluate import accuracy_report, predict
 from trainer.models import build_model
 
-SCHEDULES = ("cosine", "step", "plateau")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The words each word-valued option takes: TrainConfig.validate checks them, the CLI lists them in --help.
+CHOICES = {"amp": ("auto", "bf16", "fp16", "off"), "optimizer": ("sgd", "adamw"),
+           "schedule": ("cosine", "step", "plateau"), "plateau_metric": ("val_loss", "val_top1"), "crop": CROPS}
 
 
 @dataclass
@@ -90,12 +93,18 @@ class TrainConfig:
     stop_after_steps: int = 0      # end this run at this batch (counted over all epochs); --resume continues
     resume: bool = False
 
+    def validate(self) -> None:
+        """The one check of the word-valued options (the CLI takes them as plain strings), before any work."""
+        for name, words in CHOICES.items():
+            if getattr(self, name) not in words:
+                raise UserError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; "
+                                f"use {', '.join(words[:-1])} or {words[-1]}")
+
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, None for fp32: `auto` is bf16 on CUDA, where it is fast and needs no scaler."""
     if cfg.amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    if cfg.amp != "off" and cfg.amp not in AMP_DTYPES:
-        raise UserError(f"unknown amp {cfg.amp!r}; use auto, bf16, fp16 or off")
     return AMP_DTYPES.get(cfg.amp)
 
 
@@ -116,9 +125,7 @@ def training_data(cfg: TrainConfig) -> tuple[list[str], list[tuple[str, int]], l
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise UserError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(schedule: str, total_steps: int, warmup_steps: int, step_size: int, gamma: float):
@@ -142,13 +149,9 @@ def make_schedulers(cfg: TrainConfig, optimizer, steps_per_epoch: int) -> tuple:
     """
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if cfg.schedule == "plateau":
-        if cfg.plateau_metric not in ("val_loss", "val_top1"):
-            raise UserError(f"unknown plateau metric {cfg.plateau_metric!r}; use val_loss or val_top1")
         return (LinearLR(optimizer, start_factor=1 / max(1, warmup), total_iters=max(0, warmup - 1)),
                 ReduceLROnPlateau(optimizer, mode="min" if cfg.plateau_metric == "val_loss" else "max",
                                   factor=cfg.lr_gamma, patience=cfg.plateau_patience))
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule {cfg.schedule!r}; use one of {', '.join(SCHEDULES)}")
     return LambdaLR(optimizer, lr_factor(cfg.schedule, cfg.epochs * steps_per_epoch, warmup,
                                          round(cfg.lr_step_epochs * steps_per_epoch), cfg.lr_gamma)), None
 
@@ -156,6 +159,7 @@ def make_schedulers(cfg: TrainConfig, optimizer, steps_per_epoch: int) -> tuple:
 def train(cfg: TrainConfig) -> Manifest | None:
     """Train, export the best epoch; returns model.pt's manifest, or None if stopped before any epoch ended
     (or in a data-parallel process other than rank 0)."""
+    cfg.validate()
     world, device = distributed.join(cfg.device)
     try:
         return run(cfg, world, device)
@@ -164,7 +168,78 @@ def train(cfg: TrainConfig) -> Manifest | None:
 
 
 def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None:
+    """Per epoch: train its steps, stop if asked mid-epoch, validate, record, export the best, save last.pt."""
     say = print if world.main else lambda *_: None  # one process reports for all
+    t = setup(cfg, world, device)
+    state = {"epoch": 0, "step": 0, "best_top1": -1.0, "kept": [], "run_id": uuid.uuid4().hex[:12], "metrics": []}
+    if cfg.resume:
+        state = resume(cfg.output, t.resumable, world)
+    best = None
+    say(f"training {cfg.arch} on {t.train_images} images, {len(t.classes)} classes, {device}"
+        f"{' ' + str(t.dtype).removeprefix('torch.') if t.dtype else ''}"
+        f"{f' x {world.size} processes' if world.size > 1 else ''}; validating on {t.val_images}")
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        t.sampler.set_epoch(epoch, start=state["step"])  # mid-epoch resume skips the batches already done
+        tally = train_epoch(t, state, epoch)
+        if state["step"] < t.steps_per_epoch:
+            say(f"stopped after {epoch * t.steps_per_epoch + state['step']} steps, in epoch {epoch + 1}; "
+                "continue with --resume")
+            break
+        tally = tally.summed(device)
+        logits, labels = validate(t.model, t.val_loader, t.pre, device, t.dtype)
+        report = accuracy_report(logits, labels, t.classes)
+        row = metrics_row(t, epoch, tally, logits, labels, report)
+        if t.plateau:
+            t.plateau.step(row[cfg.plateau_metric])
+        state["metrics"].append(row)
+        say(epoch_line(row, cfg.epochs))
+
+        exported, kept, dropped = export_best(t, state, epoch, logits, labels, report)
+        best = exported or best
+        state.update(epoch=epoch + 1, step=0, best_top1=max(report["top1"], state["best_top1"]), kept=kept)
+        save_epoch_end(t, state, dropped)
+        if (epoch + 1) * t.steps_per_epoch == cfg.stop_after_steps:
+            say(f"stopped after epoch {epoch + 1}; continue with --resume")
+            break
+    if best is None and state["best_top1"] >= 0 and world.main:
+        best = load_checkpoint(f"{cfg.output}/model.pt")[1]
+    return best
+
+
+@dataclass
+class Training:
+    """What the steps and the epoch ends share, built once by `setup`."""
+    cfg: TrainConfig
+    world: World
+    device: torch.device
+    dtype: torch.dtype | None
+    pre: Preprocess
+    memory_format: torch.memory_format
+    classes: list[str]
+    train_images: int
+    val_images: int
+    sampler: EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    steps_per_epoch: int
+    model: torch.nn.Module      # what is saved and validated
+    net: torch.nn.Module        # what trains: `model`, DDP-wrapped when data-parallel
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler      # stepped per applied optimizer step
+    plateau: ReduceLROnPlateau | None  # stepped per epoch on validation, for the plateau schedule
+    scaler: torch.amp.GradScaler
+    criterion: torch.nn.Module
+
+    @property
+    def resumable(self) -> dict:
+        """The parts whose state_dicts last.pt holds, by name."""
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "plateau": self.plateau, "scaler": self.scaler}
+
+
+def setup(cfg: TrainConfig, world: World, device: torch.device) -> Training:
+    """Data, model, optimizer, schedules and scaler, seeded in this order, which an exact resume relies on."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     dtype = amp_dtype(cfg, device)
@@ -184,102 +259,129 @@ def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None
         random.seed(cfg.seed + world.rank)
     if cfg.compile:
         model.compile()  # in place, so state_dict keys stay those of the plain model
-    net = distributed.replicate(model, device)  # what trains; `model` is what is saved and validated
+    net = distributed.replicate(model, device)
     optimizer = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(train_samples) / cfg.batch_size)
     scheduler, plateau = make_schedulers(cfg, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # a no-op unless fp16
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
-    resumable = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "plateau": plateau,
-                 "scaler": scaler}
-    state = {"epoch": 0, "step": 0, "best_top1": -1.0, "kept": [], "run_id": uuid.uuid4().hex[:12], "metrics": []}
-    if cfg.resume:
-        state = resume(cfg.output, resumable, world)
-    best = None
-    say(f"training {cfg.arch} on {len(train_samples)} images, {len(classes)} classes, {device}"
-        f"{' ' + str(dtype).removeprefix('torch.') if dtype else ''}"
-        f"{f' x {world.size} processes' if world.size > 1 else ''}; validating on {len(val_samples)}")
+    return Training(
+        cfg=cfg, world=world, device=device, dtype=dtype, pre=pre, memory_format=memory_format, classes=classes,
+        train_images=len(train_samples), val_images=len(val_samples), sampler=sampler, train_loader=train_loader,
+        val_loader=val_loader, steps_per_epoch=steps_per_epoch, model=model, net=net, optimizer=optimizer,
+        scheduler=scheduler, plateau=plateau,
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),  # a no-op unless fp16
+        criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"))
 
-    for epoch in range(state["epoch"], cfg.epochs):
-        sampler.set_epoch(epoch, start=state["step"])  # mid-epoch resume skips the batches already done
-        net.train()
-        seen, skipped, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", initial=state["step"],
-                   total=steps_per_epoch, leave=False, disable=None if world.main else True)
-        for x, y, bad in bar:
-            state["step"] += 1
-            skipped += bad
-            count = round(distributed.all_sum([len(y)], device)[0])  # the batch's readable images, all processes
-            if count:
-                if not len(y):  # this process's share was unreadable; it still joins DDP's gradient averaging
-                    x = torch.zeros(0, 3, pre.crop, pre.crop, dtype=torch.uint8)
-                x = pre.normalize(x.to(device, non_blocking=True))
-                if cfg.pca_lighting:  # on the normalized float batch, where it is exact (see pca_lighting)
-                    x = pca_lighting(x, pre.std, cfg.pca_lighting)
-                x, y = x.contiguous(memory_format=memory_format), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    batch_loss = criterion(net(x), y)
-                # DDP averages the processes' gradients: scaled so, they are those of the mean over all `count`
-                loss = batch_loss * world.size / count
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.clip_grad_norm:
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                scale = scaler.get_scale()
-                scaler.step(optimizer)  # skipped when fp16 gradients overflowed; update() then lowers the scale
-                scaler.update()
-                if scaler.get_scale() >= scale:  # the schedule counts applied updates only
-                    scheduler.step()
-                seen += len(y)
-                step_loss = batch_loss.item()  # one device sync per step
-                loss_sum += step_loss
-                bar.set_postfix(loss=f"{step_loss / max(1, len(y)):.3f}",
-                                lr=f"{scheduler.get_last_lr()[0]:.2g}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-            done = epoch * steps_per_epoch + state["step"]
-            if state["step"] < steps_per_epoch and (done == cfg.stop_after_steps or
-                                                    (cfg.save_every_steps and done % cfg.save_every_steps == 0)):
-                save_training_state(cfg.output, resumable, state, world)
-                if done == cfg.stop_after_steps:
-                    break
-        if state["step"] < steps_per_epoch:
-            say(f"stopped after {done} steps, in epoch {epoch + 1}; continue with --resume")
-            break
-        seen, skipped, loss_sum = distributed.all_sum([seen, skipped, loss_sum], device)
-        logits, labels = validate(model, val_loader, pre, device, dtype)
-        report = accuracy_report(logits, labels, classes)
-        row = {"epoch": epoch + 1, "loss": loss_sum / seen if seen else math.nan,
-               "val_loss": torch.nn.functional.cross_entropy(logits, labels).item(), "val_top1": report["top1"],
-               "val_top5": report["top5"], "lr": scheduler.get_last_lr()[0],
-               "images_per_second": seen / (time.perf_counter() - t0), "skipped_images": round(skipped)}
-        if plateau:
-            plateau.step(row[cfg.plateau_metric])
-        state["metrics"].append(row)
-        say(f"epoch {row['epoch']}/{cfg.epochs}: loss {row['loss']:.3f}  val loss {row['val_loss']:.3f}  "
+
+@dataclass
+class Tally:
+    """One epoch's training counts: this process's, until `summed` over all of them at the epoch end."""
+    seen: float = 0                # images trained on
+    skipped: float = 0             # unreadable images left out of their batches
+    loss_sum: float = 0.0          # summed, not averaged, so shares of any size add up
+    t0: float = field(default_factory=time.perf_counter)
+
+    def summed(self, device: torch.device) -> "Tally":
+        seen, skipped, loss_sum = distributed.all_sum([self.seen, self.skipped, self.loss_sum], device)
+        return Tally(seen, skipped, loss_sum, self.t0)
+
+
+def train_epoch(t: Training, state: dict, epoch: int) -> Tally:
+    """The epoch's batches from state["step"] on, counting state["step"]; leaves early, with last.pt saved, at
+    --stop-after-steps."""
+    t.net.train()
+    tally = Tally()
+    bar = tqdm(t.train_loader, desc=f"epoch {epoch + 1}/{t.cfg.epochs}", unit="batch", initial=state["step"],
+               total=t.steps_per_epoch, leave=False, disable=None if t.world.main else True)
+    for x, y, bad in bar:
+        state["step"] += 1
+        tally.skipped += bad
+        count = round(distributed.all_sum([len(y)], t.device)[0])  # the batch's readable images, all processes
+        if count:
+            step_loss = train_step(t, x, y, count)
+            tally.seen += len(y)
+            tally.loss_sum += step_loss
+            bar.set_postfix(loss=f"{step_loss / max(1, len(y)):.3f}", lr=f"{t.scheduler.get_last_lr()[0]:.2g}",
+                            img_s=f"{tally.seen / (time.perf_counter() - tally.t0):.0f}")
+        done = epoch * t.steps_per_epoch + state["step"]
+        if state["step"] < t.steps_per_epoch and save_due(t.cfg, done):  # an epoch's end saves anyway
+            save_training_state(t.cfg.output, t.resumable, state, t.world)
+            if done == t.cfg.stop_after_steps:
+                break
+    return tally
+
+
+def train_step(t: Training, x: torch.Tensor, y: torch.Tensor, count: int) -> float:
+    """One optimizer step on this process's share (x, y) of a batch with `count` readable images over all
+    processes; returns the share's summed loss."""
+    if not len(y):  # this process's share was unreadable; it still joins DDP's gradient averaging
+        x = torch.zeros(0, 3, t.pre.crop, t.pre.crop, dtype=torch.uint8)
+    x = t.pre.normalize(x.to(t.device, non_blocking=True))
+    if t.cfg.pca_lighting:  # on the normalized float batch, where it is exact (see pca_lighting)
+        x = pca_lighting(x, t.pre.std, t.cfg.pca_lighting)
+    x, y = x.contiguous(memory_format=t.memory_format), y.to(t.device, non_blocking=True)
+    with torch.autocast(t.device.type, dtype=t.dtype or torch.float32, enabled=t.dtype is not None):
+        batch_loss = t.criterion(t.net(x), y)
+    # DDP averages the processes' gradients: scaled so, they are those of the mean over all `count`
+    loss = batch_loss * t.world.size / count
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    if t.cfg.clip_grad_norm:
+        t.scaler.unscale_(t.optimizer)  # clip the true gradients, not the loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.clip_grad_norm)
+    scale = t.scaler.get_scale()
+    t.scaler.step(t.optimizer)  # skipped when fp16 gradients overflowed; update() then lowers the scale
+    t.scaler.update()
+    if t.scaler.get_scale() >= scale:  # the schedule counts applied updates only
+        t.scheduler.step()
+    return batch_loss.item()  # one device sync per step
+
+
+def save_due(cfg: TrainConfig, done: int) -> bool:
+    """Whether last.pt is due after `done` batches, counted over all epochs: at --stop-after-steps, so the run
+    can end there, and every --save-every-steps, so a crash loses at most that many."""
+    return done == cfg.stop_after_steps or bool(cfg.save_every_steps and done % cfg.save_every_steps == 0)
+
+
+def metrics_row(t: Training, epoch: int, tally: Tally, logits, labels, report: dict) -> dict:
+    """The epoch's metrics.jsonl row, from the summed tally and the validation."""
+    return {"epoch": epoch + 1, "loss": tally.loss_sum / tally.seen if tally.seen else math.nan,
+            "val_loss": torch.nn.functional.cross_entropy(logits, labels).item(), "val_top1": report["top1"],
+            "val_top5": report["top5"], "lr": t.scheduler.get_last_lr()[0],
+            "images_per_second": tally.seen / (time.perf_counter() - tally.t0),
+            "skipped_images": round(tally.skipped)}
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.3f}  val loss {row['val_loss']:.3f}  "
             f"top-1 {row['val_top1']:.3f}  top-5 {row['val_top5']:.3f}  lr {row['lr']:.2g}  "
             f"{row['images_per_second']:.0f} img/s"
-            + (f"  ({row['skipped_images']} unreadable images skipped)" if skipped else ""))
+            + (f"  ({row['skipped_images']} unreadable images skipped)" if row["skipped_images"] else ""))
 
-        improved = report["top1"] > state["best_top1"]
-        name = f"best-epoch{epoch + 1:03d}-top1-{report['top1']:.3f}.pt"
-        kept, dropped = rank_best(state["kept"], [name, report["top1"]], cfg.keep_best)
-        targets = (["model.pt"] if improved else []) + ([name] if [name, report["top1"]] in kept else [])
-        if targets and world.main:
-            exported = export(cfg, model, classes, pre, logits, labels, report, state["run_id"], targets)
-            best = exported if improved else best
-        state.update(epoch=epoch + 1, step=0, best_top1=max(report["top1"], state["best_top1"]), kept=kept)
-        save_training_state(cfg.output, resumable, state, world)
-        if world.main:
-            remove(cfg.output, dropped)  # after last.pt stopped naming them
-            metrics_lines = "".join(json.dumps(r) + "\n" for r in state["metrics"])
-            atomic_write_bytes(f"{cfg.output}/metrics.jsonl", metrics_lines.encode())
-        if (epoch + 1) * steps_per_epoch == cfg.stop_after_steps:
-            say(f"stopped after epoch {epoch + 1}; continue with --resume")
-            break
-    if best is None and state["best_top1"] >= 0 and world.main:
-        best = load_checkpoint(f"{cfg.output}/model.pt")[1]
-    return best
+
+def export_best(t: Training, state: dict, epoch: int, logits, labels,
+                report: dict) -> tuple[Manifest | None, list, list[str]]:
+    """model.pt if this epoch beat the best so far, best-epochNNN-*.pt if it ranks among the keep_best.
+
+    Returns model.pt's new manifest (on rank 0, if it improved, else None), the kept [name, top1] pairs and
+    the kept files that fell out, to remove once last.pt no longer names them.
+    """
+    improved = report["top1"] > state["best_top1"]
+    name = f"best-epoch{epoch + 1:03d}-top1-{report['top1']:.3f}.pt"
+    kept, dropped = rank_best(state["kept"], [name, report["top1"]], t.cfg.keep_best)
+    targets = (["model.pt"] if improved else []) + ([name] if [name, report["top1"]] in kept else [])
+    exported = None
+    if targets and t.world.main:
+        exported = export(t.cfg, t.model, t.classes, t.pre, logits, labels, report, state["run_id"], targets)
+    return exported if improved else None, kept, dropped
+
+
+def save_epoch_end(t: Training, state: dict, dropped: list[str]) -> None:
+    """last.pt, then (rank 0) the dropped best-epoch files and metrics.jsonl, in the order a crash tolerates."""
+    save_training_state(t.cfg.output, t.resumable, state, t.world)
+    if t.world.main:
+        remove(t.cfg.output, dropped)  # after last.pt stopped naming them
+        metrics_lines = "".join(json.dumps(r) + "\n" for r in state["metrics"])
+        atomic_write_bytes(f"{t.cfg.output}/metrics.jsonl", metrics_lines.encode())
 
 
 def validate(model, val_loader, pre, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import torch
 import torchvision
 
+from common.errors import UserError
+from common.storage import read_bytes
 from schemas.checkpoint import Manifest, save_checkpoint
-from schemas.errors import UserError
-from schemas.preprocess import Preprocess
-from schemas.storage import read_bytes
+from schemas.transform import Preprocess
 from trainer.models import build_model
 
 IMAGENET_EVAL = Preprocess(resize=256, crop=224)  # torchvision's AlexNet recipe: bilinear, ImageNet mean/std

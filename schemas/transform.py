@@ -16,8 +16,6 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Errors of the GPU itself, not of a file: they must fail the batch rather than become a file's error row.
-DEVICE_FAILURES = (torch.OutOfMemoryError, torch.AcceleratorError)
 MAX_PIXELS = 100_000_000  # larger images are refused before their pixels are decoded (bombs)
 ORIENTATION_TAG = 0x0112
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -119,42 +117,6 @@ def eval_tensor_from_bytes(data: bytes, pre: Preprocess, keep_jpeg: bool = False
             pass
     img, size = _decode(header, pre.resize)  # the header already opened and checked above
     return pre.eval_tensor(img), size
-
-
-def eval_tensors_from_jpegs(jpegs: list[torch.Tensor], pre: Preprocess, device: torch.device
-                            ) -> list[torch.Tensor | Exception]:
-    """JPEGs kept by eval_tensor_from_bytes -> their eval tensors on `device`, decoded together (nvJPEG on
-    CUDA), or for each file that no decoder reads, its exception.
-
-    A batch decode fails as a whole, so then each image is tried alone; one the device's decoder refuses
-    takes the CPU paths. A failing device (out of memory, a CUDA error) raises: that fails the batch, never
-    a good file.
-    """
-    images = _decode_on(jpegs, device) or [_decode_on(jpeg, device) for jpeg in jpegs]
-    results = []
-    for jpeg, image in zip(jpegs, images, strict=True):
-        if image is not None:
-            results.append(pre.eval_tensor_chw(image))
-            continue
-        try:
-            results.append(eval_tensor_from_bytes(jpeg.numpy().tobytes(), pre)[0].to(device))
-        except DEVICE_FAILURES:
-            raise
-        except Exception as e:  # the file is broken (as in PrepareImage): an error row for it
-            results.append(e)
-    return results
-
-
-def _decode_on(jpegs: torch.Tensor | list[torch.Tensor], device: torch.device
-               ) -> torch.Tensor | list[torch.Tensor] | None:
-    """decode_jpeg of one JPEG or a list; None where the decoder refuses the data, but a failing device
-    raises."""
-    try:
-        return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
-    except DEVICE_FAILURES:
-        raise
-    except RuntimeError:
-        return None
 
 
 def _direct_jpeg(header: Image.Image, pre: Preprocess) -> bool:

@@ -21,8 +21,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.errors import UserError, first_line
-from schemas.storage import atomic_write_bytes, glob_urls, is_local, read_bytes, resolve_uri
+from common.errors import UserError, first_line
+from common.storage import atomic_write_bytes, glob_urls, is_local, read_bytes, resolve_uri
 from schemas.tables import TABLES
 
 REVIEW_ORDER = {"confidence": "confidence, margin, uri", "margin": "margin, confidence, uri"}

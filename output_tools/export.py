@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beam_pipeline import query
-from schemas.errors import UserError
-from schemas.storage import atomic_write_bytes, read_bytes
+from common.errors import UserError
+from common.storage import atomic_write_bytes, read_bytes
+from output_tools import query
 
 MANIFEST_COLUMNS = ("uri", "label", "confidence", "decision", "model_version")
 

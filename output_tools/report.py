@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from beam_pipeline import query
-from schemas.preprocess import decode_image
-from schemas.storage import atomic_write_bytes, read_bytes
+from common.storage import atomic_write_bytes, read_bytes
+from output_tools import query
+from schemas.transform import decode_image
 
 THUMB_PX = 96
 MAX_LABELS = 60  # charts beyond this many classes stop being readable; the page says how many were left out

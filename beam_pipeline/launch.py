@@ -1,0 +1,126 @@
+"""The launcher: checks a job before it starts, runs it, and accounts for every input afterwards.
+
+After a batch run it reads back the Parquet row counts, checks matched == labeled + errors + skipped,
+and writes the one-row runs table. `watch` repeats batch runs for local streaming; `launch_streaming`
+submits the unbounded job to Dataflow.
+"""
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipeline.failures import disk_full_is_a_user_error
+from beam_pipeline.model_handler import check_checkpoint, drop_kept
+from beam_pipeline.options import LabelOptions, UsageError
+from beam_pipeline.pipeline import build, build_streaming, make_pipeline
+from beam_pipeline.read import count_matches, matched_uris
+from beam_pipeline.rows import run_row
+from beam_pipeline.write import check_writable, count_rows, make_table_folders, run_files, write_run_row
+from schemas.checkpoint import Manifest
+
+
+class AccountingError(RuntimeError):
+    """matched != labeled + errors: some input went missing, which must never happen silently."""
+
+
+def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
+    """Check everything a job needs before it starts; returns the manifest and the files resume skips.
+
+    A GPU is checked where the model runs: here for local runners, on the workers for Dataflow.
+    """
+    opts.validate()
+    local = opts.runner == "DirectRunner"
+    manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision,
+                                keep=local and not opts.dry_run)
+    FileSystems.set_options(PipelineOptions(opts.beam_flags()))  # e.g. credentials for the launcher's own match
+    missing = [url for url in opts.input_lists if not FileSystems.exists(url)]
+    if missing:
+        raise UsageError(f"--input-list {missing[0]} does not exist; pass a text file of URIs or a Parquet file "
+                         "with a uri column")
+    if opts.inputs and not opts.streaming and not count_matches(opts.inputs, opts.extensions):
+        raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
+                         "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
+    if not opts.dry_run:
+        check_writable(opts.output)
+    tables = ("labels",) + (() if opts.retry_errors else ("errors",))
+    done = [f for t in tables for f in run_files(opts.output, t, manifest.model_version, "*")] if opts.skip_existing \
+        else []
+    return manifest, done
+
+
+def dry_run(opts: LabelOptions) -> tuple[list[str], list[str]]:
+    """Validate; return the resolved Beam options and, for Dataflow, the names of the transforms in the
+    job that Beam built, pickled and translated (its own --dry_run). Nothing runs, nothing is written."""
+    opts.dry_run = True
+    manifest, done = prepare(opts)
+    if opts.runner != "DataflowRunner":
+        return opts.beam_flags(), []
+    with make_pipeline(opts) as p:
+        if opts.streaming:
+            build_streaming(p, opts, manifest)
+        else:
+            build(p, opts, manifest, done)
+    transforms = p.result.job.proto_pipeline.components.transforms.values()
+    return opts.beam_flags(), sorted(t.unique_name for t in transforms if "/" not in t.unique_name)
+
+
+def counter(result, name: str) -> int:
+    found = result.metrics().query(MetricsFilter().with_namespace("alexlabel").with_name(name))["counters"]
+    return sum(c.committed or 0 for c in found)
+
+
+def launch_streaming(opts: LabelOptions) -> str:
+    """Submit the unbounded job and return its id; it runs until drained or cancelled."""
+    manifest, _ = prepare(opts)  # streaming never runs on the DirectRunner, so no model is kept
+    p = make_pipeline(opts)
+    build_streaming(p, opts, manifest)
+    result = p.run()
+    return getattr(result, "job_id", lambda: opts.run_id)()
+
+
+def watch(opts: LabelOptions, every_seconds: float, rounds: int | None = None, on_round=None) -> list[dict]:
+    """Local streaming: label what is new, wait, repeat; built on resume, so each input is labeled once.
+
+    A labeling run starts only when the inputs hold URIs not seen before, so an idle watch writes
+    nothing. `rounds` bounds the loop (forever when None); `on_round(row or None)` follows each round.
+    """
+    rows, seen, done_rounds = [], set(), 0
+    while rounds is None or done_rounds < rounds:
+        current = matched_uris(opts.inputs, opts.extensions)
+        row = run(replace(opts, skip_existing=True, run_id="")) if current - seen else None
+        seen |= current
+        rows += [row] if row else []
+        if on_round:
+            on_round(row)
+        done_rounds += 1
+        if rounds is None or done_rounds < rounds:
+            time.sleep(every_seconds)
+    return rows
+
+
+def run(opts: LabelOptions) -> dict:
+    """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/)."""
+    try:
+        manifest, done = prepare(opts)
+        make_table_folders(opts.output, manifest.model_version)
+        started, t0 = datetime.now(UTC), time.perf_counter()
+        with disk_full_is_a_user_error(opts), make_pipeline(opts) as p:
+            build(p, opts, manifest, done)
+    finally:
+        drop_kept()  # the workers took it, or never will
+    wall = time.perf_counter() - t0
+    counts = {"matched": counter(p.result, "matched"),
+              "labeled": count_rows(run_files(opts.output, "labels", manifest.model_version, opts.run_id)),
+              "errored": count_rows(run_files(opts.output, "errors", manifest.model_version, opts.run_id)),
+              "skipped": counter(p.result, "skipped")}
+    row = run_row(opts, manifest.model_version, counts, started, wall)
+    with disk_full_is_a_user_error(opts):
+        write_run_row(opts.output, row)
+    if counts["matched"] != counts["labeled"] + counts["errored"] + counts["skipped"]:
+        raise AccountingError(f"run {opts.run_id}: matched {counts['matched']} != labeled {counts['labeled']} + "
+                              f"errors {counts['errored']} + skipped {counts['skipped']}; report this as a bug with "
+                              "the runs row")
+    return row
