@@ -33,14 +33,33 @@ test: install browser  ## lint, then the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-.PHONY: browser bench bench-query bench-train bench-gpu
+.PHONY: browser bench bench-query bench-parquet bench-review bench-train bench-gpu label-studio test-integration
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+LS_VENV := .venv-label-studio
+
+label-studio: $(LS_VENV)/migrated/label_studio.sqlite3  ## Label Studio 1.23 in its own virtualenv, its database migrated once
+
+$(LS_VENV)/bin/label-studio:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --disable-pip-version-check -q "label-studio==1.23.*"
+
+# Its database with every migration applied, made once: a server started on a copy is up in ~10 s, not ~80.
+$(LS_VENV)/migrated/label_studio.sqlite3: $(LS_VENV)/bin/label-studio
+	rm -rf $(LS_VENV)/migrating $(LS_VENV)/migrated
+	LABEL_STUDIO_BASE_DATA_DIR=$(abspath $(LS_VENV))/migrating LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false \
+		$(LS_VENV)/bin/django-admin migrate -v 0 --no-color --settings=label_studio.core.settings.label_studio \
+		--pythonpath="$$($(LS_VENV)/bin/python -c 'import label_studio, os; print(os.path.dirname(label_studio.__file__))')"
+	mv $(LS_VENV)/migrating $(LS_VENV)/migrated
+
+test-integration: install label-studio  ## the tests against real outside tools: a Label Studio server, both ways
+	$(BIN)/python -m pytest -m integration tests/test_label_studio.py
 
 browser:  ## Debian's chromium, which the report test renders pages in (once; needs root or sudo)
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-bench: install bench-query  ## bench-query, then labeling speed beside the references, scaling, memory, bf16 vs fp32
+bench: install bench-query bench-parquet bench-review  ## bench-query, bench-parquet, bench-review, then labeling speed beside the references, scaling, memory, bf16 vs fp32
 	$(BIN)/python benchmarks/bench_label.py --images $(or $(IMAGES),2000) --workdir bench-out \
 		--scaling $(or $(SCALING),1000 10000) $(BENCH_ARGS)
 	test -f alexlabel-demo/model/model.pt || $(BIN)/alexlabel demo
@@ -48,6 +67,12 @@ bench: install bench-query  ## bench-query, then labeling speed beside the refer
 
 bench-query: install  ## time query --summary and --review 100 over 1 million label rows (target: 2 s each)
 	$(BIN)/python benchmarks/query_bench.py
+
+bench-parquet: install  ## size per million label rows by Parquet codec, and labeling speed uncompressed vs zstd
+	$(BIN)/python benchmarks/bench_parquet.py --workdir bench-out $(BENCH_ARGS)
+
+bench-review: install  ## the review app over 1 million label rows: time to open the queue, decision round trips
+	$(BIN)/python benchmarks/bench_review.py --workdir bench-out
 
 bench-gpu: install  ## on a GPU: decode + infer beside infer alone, end to end with and without --gpu-decode
 	$(BIN)/python benchmarks/bench_gpu.py --images $(or $(IMAGES),5000) --workdir bench-out $(BENCH_ARGS)

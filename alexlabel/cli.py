@@ -26,6 +26,10 @@ LAZY_COMMANDS = {
                "histograms, review queue, errors."),
     "export": ("output_tools.cli:export_command", "Export labeled images as training data: an ImageFolder tree or "
                "a manifest the trainer reads."),
+    "import-reviews": ("output_tools.cli:import_reviews_command",
+                       "Bring people's decisions made in Label Studio into the reviews table."),
+    "review": ("output_tools.cli:review_command", "Review labels in a local web app: confirm, correct or reject "
+               "each, into the reviews table."),
     "schema": ("output_tools.cli:schema_command", "Print the output table schemas (all tables, or one)."),
 }
 

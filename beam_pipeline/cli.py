@@ -67,7 +67,8 @@ def label_command(inputs, input_lists, extensions, beam_args, watch_seconds, **k
     Extra arguments after the options go to Beam as they are (e.g. --direct_num_workers=2).
     """
     bound_heap()  # before Beam and torch start threads: glibc never retires an arena once made
-    from beam_pipeline.launch import dry_run, launch_streaming, run, watch  # loads Beam and torch
+    from beam_pipeline.failures import Interrupted
+    from beam_pipeline.launch import dry_run, launch_streaming, run  # loads Beam and torch
 
     opts = LabelOptions(inputs=list(inputs), input_lists=list(input_lists), beam_args=list(beam_args),
                         extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()), **kw)
@@ -81,10 +82,35 @@ def label_command(inputs, input_lists, extensions, beam_args, watch_seconds, **k
         click.echo(f"streaming job {launch_streaming(opts)} submitted; it runs until drained or cancelled")
         return
     if watch_seconds:
-        click.echo(f"watching {' '.join(opts.inputs)} every {watch_seconds:g}s; Ctrl-C stops")
-        watch(opts, watch_seconds, on_round=lambda row: row and echo_run(row))
+        watch_until_ctrl_c(opts, watch_seconds)
         return
-    echo_run(run(opts))
+    try:
+        echo_run(run(opts))
+    except Interrupted as e:
+        click.echo(str(e), err=True)
+        raise SystemExit(130) from None  # as a shell reports a command that Ctrl-C ended
+
+
+def watch_until_ctrl_c(opts: LabelOptions, every_seconds: float) -> None:
+    """--watch: a line per labeling round; Ctrl-C, its way out, ends it with a summary of the rounds (status 0)."""
+    from beam_pipeline.launch import watch
+
+    click.echo(f"watching {' '.join(opts.inputs)} every {every_seconds:g}s; Ctrl-C stops")
+    rounds = []
+
+    def on_round(row):
+        rounds.append(row)
+        if row:
+            echo_run(row)
+
+    try:
+        watch(opts, every_seconds, on_round=on_round)
+    except KeyboardInterrupt as e:  # a round in progress stops as a run does, and says how far it got
+        if str(e):
+            click.echo(str(e), err=True)
+    runs = [row for row in rounds if row]
+    click.echo(f"watch stopped after {len(rounds)} round(s): {len(runs)} labeling run(s), labeled "
+               f"{sum(r['labeled'] for r in runs)}, errors {sum(r['errored'] for r in runs)}")
 
 
 def echo_run(row: dict) -> None:

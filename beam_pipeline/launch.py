@@ -12,14 +12,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline.failures import disk_full_is_a_user_error
+from beam_pipeline.failures import STOPPING, Interrupted, ctrl_c_stops_the_workers, disk_full_is_a_user_error
 from beam_pipeline.model_handler import check_checkpoint, drop_kept
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.pipeline import build, build_streaming, make_pipeline
-from beam_pipeline.read import count_matches, matched_uris
+from beam_pipeline.read import check_uri_list, count_matches, matched_uris
 from beam_pipeline.rows import run_row
-from beam_pipeline.write import check_writable, count_rows, make_table_folders, run_files, write_run_row
-from schemas.checkpoint import Manifest
+from beam_pipeline.write import check_writable, count_rows, make_table_folders, run_files, tidy_temp, write_run_row
+from schemas.checkpoint import Manifest, checkpoint_file
 
 
 class AccountingError(RuntimeError):
@@ -32,14 +32,13 @@ def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
     A GPU is checked where the model runs: here for local runners, on the workers for Dataflow.
     """
     opts.validate()
+    opts.checkpoint = checkpoint_file(opts.checkpoint)
     local = opts.runner == "DirectRunner"
     manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision,
                                 keep=local and not opts.dry_run)
     FileSystems.set_options(PipelineOptions(opts.beam_flags()))  # e.g. credentials for the launcher's own match
-    missing = [url for url in opts.input_lists if not FileSystems.exists(url)]
-    if missing:
-        raise UsageError(f"--input-list {missing[0]} does not exist; pass a text file of URIs or a Parquet file "
-                         "with a uri column")
+    for url in opts.input_lists:
+        check_uri_list(url)
     if opts.inputs and not opts.streaming and not count_matches(opts.inputs, opts.extensions):
         raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
                          "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
@@ -86,6 +85,7 @@ def watch(opts: LabelOptions, every_seconds: float, rounds: int | None = None, o
 
     A labeling run starts only when the inputs hold URIs not seen before, so an idle watch writes
     nothing. `rounds` bounds the loop (forever when None); `on_round(row or None)` follows each round.
+    Ctrl-C ends it: as Interrupted from a round's run (see run), else as KeyboardInterrupt.
     """
     rows, seen, done_rounds = [], set(), 0
     while rounds is None or done_rounds < rounds:
@@ -102,20 +102,30 @@ def watch(opts: LabelOptions, every_seconds: float, rounds: int | None = None, o
 
 
 def run(opts: LabelOptions) -> dict:
-    """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/)."""
-    try:
-        manifest, done = prepare(opts)
-        make_table_folders(opts.output, manifest.model_version)
-        started, t0 = datetime.now(UTC), time.perf_counter()
-        with disk_full_is_a_user_error(opts), make_pipeline(opts) as p:
-            build(p, opts, manifest, done)
-    finally:
-        drop_kept()  # the workers took it, or never will
-    wall = time.perf_counter() - t0
-    counts = {"matched": counter(p.result, "matched"),
-              "labeled": count_rows(run_files(opts.output, "labels", manifest.model_version, opts.run_id)),
-              "errored": count_rows(run_files(opts.output, "errors", manifest.model_version, opts.run_id)),
-              "skipped": counter(p.result, "skipped")}
+    """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/).
+
+    Ctrl-C stops a local run early (failures.ctrl_c_stops_the_workers): what its workers finished is
+    committed, no runs row is written, and Interrupted says how many inputs are done."""
+    with ctrl_c_stops_the_workers(opts.runner == "DirectRunner"):
+        try:
+            manifest, done = prepare(opts)
+            tidy_temp(opts.output)
+            make_table_folders(opts.output, manifest.model_version)
+            started, t0 = datetime.now(UTC), time.perf_counter()
+            with disk_full_is_a_user_error(opts), make_pipeline(opts) as p:
+                build(p, opts, manifest, done)
+        finally:
+            drop_kept()  # the workers took it, or never will
+        tidy_temp(opts.output)
+        wall = time.perf_counter() - t0
+        counts = {"matched": counter(p.result, "matched"),
+                  "labeled": count_rows(run_files(opts.output, "labels", manifest.model_version, opts.run_id)),
+                  "errored": count_rows(run_files(opts.output, "errors", manifest.model_version, opts.run_id)),
+                  "skipped": counter(p.result, "skipped")}
+        if STOPPING.is_set():
+            raise Interrupted(f"stopped: {counts['labeled'] + counts['errored'] + counts['skipped']} of "
+                              f"{counts['matched']} matched inputs are done under {opts.output}; rerun with "
+                              "--skip-existing to continue")
     row = run_row(opts, manifest.model_version, counts, started, wall)
     with disk_full_is_a_user_error(opts):
         write_run_row(opts.output, row)

@@ -1,12 +1,13 @@
 """The labeling job as one straight chain of named transforms.
 
-    MatchImages -> SkipDone -> PrepareImages -> Classify (RunInference) -> ToRows -> WriteLabels
-                                                                              +----> WriteErrors
+    MatchImages -> SkipDone -> UntilCtrlC -> PrepareImages -> Classify (RunInference) -> ToRows -> WriteLabels
+                                                                                            +----> WriteErrors
 
 Every input reaches Classify: one PrepareImages could not read or decode goes on as its Failure, so the
 model handler stamps each row, labels and errors alike, with the version of the model that was live.
 With --skip-existing and earlier output, SkipDone drops inputs this model version already labeled or
-recorded as errors (--retry-errors tries those again). The launcher (launch.py) runs it and accounts for it.
+recorded as errors (--retry-errors tries those again). After Ctrl-C in a local run, UntilCtrlC lets no more
+inputs through (failures.py). The launcher (launch.py) runs it and accounts for it.
 """
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -16,6 +17,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import window
 
 from beam_pipeline.decode import PrepareImage
+from beam_pipeline.failures import not_stopping
 from beam_pipeline.model_handler import AlexNetModelHandler
 from beam_pipeline.options import LabelOptions
 from beam_pipeline.read import MatchImages, SkipDone
@@ -49,6 +51,7 @@ def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: 
     uris = p | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
     if done_files:  # a shuffle of every URI: only when resuming finds earlier output files
         uris = uris | "SkipDone" >> SkipDone(done_files)
+    uris = uris | "UntilCtrlC" >> beam.Filter(not_stopping)
     label_uris(uris, opts, manifest, lambda table: WriteTable(opts.output, table, manifest.model_version, opts.run_id))
 
 

@@ -1,6 +1,12 @@
 """Inputs -> unique image URIs: glob patterns (local, gs://, anything Beam's FileSystems reads) and
-lists of URIs (a text file, one per line, or a Parquet file with a `uri` column, e.g. a labels table)."""
+lists of URIs (a text file, one per line, or the `uri` column of a CSV or Parquet file, e.g. a labels table or
+the manifest `alexlabel export` writes)."""
+import csv
+import io
+from collections.abc import Iterator
+
 import apache_beam as beam
+import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.fileio import EmptyMatchTreatment
 from apache_beam.io.filesystem import BeamIOError
@@ -47,12 +53,48 @@ class MatchImages(beam.PTransform):
 
 
 def read_uri_list(url: str) -> beam.PTransform:
-    """A list's URIs, each spelled by the tables' one rule (relative ones taken from the list's folder)."""
-    if url.lower().endswith(".parquet"):
-        uris = beam.io.ReadFromParquet(url, columns=["uri"]) | beam.Map(lambda row: row["uri"])
-    else:
-        uris = beam.io.ReadFromText(url) | beam.Map(str.strip) | beam.Filter(bool)
-    return uris | beam.Map(resolve_uri, url)
+    """A list's URIs, read by one worker as a stream (Unique then spreads them); see listed_uris."""
+    return beam.Create([url]) | beam.FlatMap(listed_uris)
+
+
+def listed_uris(url: str) -> Iterator[str]:
+    """The URIs a list names, each spelled by the tables' one rule (relative ones taken from the list's folder):
+    a .csv or .parquet file's `uri` column, else a text file's lines less blank ones and `#` comments.
+
+    CSV is parsed as a whole file, not line by line, so quoted fields may hold commas and line breaks."""
+    with FileSystems.open(url) as f:
+        if list_kind(url) == "parquet":
+            names = (uri for batch in pq.ParquetFile(f).iter_batches(columns=["uri"]) for uri in batch[0].to_pylist())
+        elif list_kind(url) == "csv":
+            names = (row["uri"] for row in csv.DictReader(_text(f)))
+        else:
+            names = (line for line in _text(f) if not line.lstrip().startswith("#"))
+        for name in names:
+            if name and name.strip():
+                yield resolve_uri(name.strip(), url)
+
+
+def check_uri_list(url: str) -> None:
+    """Refuse, before any work, a list that does not exist, or a CSV or Parquet one without a uri column."""
+    if not FileSystems.exists(url):
+        raise UserError(f"--input-list {url} does not exist; pass a text file of URIs, or a CSV or Parquet file "
+                        "with a uri column")
+    if list_kind(url) != "text":
+        with FileSystems.open(url) as f:
+            columns = pq.read_schema(f).names if list_kind(url) == "parquet" else next(csv.reader(_text(f)), [])
+        if "uri" not in columns:
+            raise UserError(f"--input-list {url} has no uri column (its columns: {', '.join(columns) or 'none'}); "
+                            "give the column of URIs the name uri, or list one URI a line in a .txt file")
+
+
+def list_kind(url: str) -> str:
+    """csv or parquet by the name's extension, else text."""
+    extension = url.lower().rpartition(".")[2]
+    return extension if extension in ("csv", "parquet") else "text"
+
+
+def _text(f) -> io.TextIOWrapper:
+    return io.TextIOWrapper(f, encoding="utf-8-sig", newline="")  # -sig: drops the BOM spreadsheets write
 
 
 class SkipDone(beam.PTransform):

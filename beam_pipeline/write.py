@@ -7,10 +7,14 @@
 The Hive partition key is `model`, not `model_version`: a key that repeats a column stored in the files
 makes pyarrow and BigQuery refuse to merge the two.
 """
+import contextlib
 import functools
 import inspect
 import io
+import os
+import time
 import uuid
+from datetime import datetime
 
 import apache_beam as beam
 import fsspec
@@ -20,11 +24,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from common.errors import UserError, first_line
 from common.redact import redact
-from common.storage import atomic_write_bytes, glob_urls
+from common.storage import atomic_write_bytes, glob_urls, is_local
 from schemas.tables import TABLES
 
 TEMP_FOLDER = ".beam-temp"  # hidden: pyarrow and most readers skip names starting with "."
 CODEC = "zstd"  # what every table is compressed with (BENCHMARKS.md: size and speed beside uncompressed)
+LEFTOVER_SECONDS = 24 * 3600  # a temp folder unchanged this long belongs to a run that died (see tidy_temp)
 
 
 def table_prefix(output: str, table: str, model_version: str) -> str:
@@ -92,6 +97,29 @@ def make_table_folders(output: str, model_version: str) -> None:
 
 def _temp_dir_outside_tables(temp_root: str, file_path_prefix: str) -> str:
     return FileSystems.join(temp_root, f"{FileSystems.split(file_path_prefix)[1]}-{uuid.uuid4().hex}")
+
+
+def tidy_temp(output: str) -> None:
+    """Remove what dead runs (SIGKILL, a second Ctrl-C, a crash) left under OUT/.beam-temp/, and that folder
+    itself once empty (locally; object stores have no folders). A run that ends, Ctrl-C included, removes its own.
+
+    A run's temp folder goes once nothing in it changed for LEFTOVER_SECONDS (a day), not sooner: a live run
+    into the same output may leave its folder untouched for as long as it runs (Beam writes a shard only once
+    64 MB of rows are buffered, and an errors shard may get none), and removing it would fail that run at its end.
+    """
+    fs, root = fsspec.core.url_to_fs(f"{output.rstrip('/')}/{TEMP_FOLDER}")
+    changed: dict[str, float] = {}  # run folder -> when anything in it last changed
+    for path, info in fs.find(root, withdirs=True, detail=True).items():
+        folder, mtime = path[len(root):].strip("/").split("/")[0], info.get("mtime")  # none: GCS's implied folders
+        if folder and mtime is not None:
+            at = mtime.timestamp() if isinstance(mtime, datetime) else mtime  # a datetime on GCS, seconds locally
+            changed[folder] = max(changed.get(folder, 0.0), at)
+    for folder, at in changed.items():
+        if at < time.time() - LEFTOVER_SECONDS:
+            fs.rm(f"{root}/{folder}", recursive=True)
+    if is_local(fs):
+        with contextlib.suppress(OSError):  # not empty: a live run's, or a young leftover
+            os.rmdir(root)
 
 
 def run_files(output: str, table: str, model_version: str, run_id: str) -> list[str]:

@@ -9,35 +9,42 @@ from schemas.tables import TABLES, bigquery_schema
 
 @click.command("query")
 @click.argument("output")
-@click.option("--sql", help="Any DuckDB SQL over the views labels, errors, runs, latest and analyzed.")
+@click.option("--sql", help="Any DuckDB SQL over the views labels, errors, runs, latest, latest_errors, analyzed "
+                             "and failed.")
 @click.option("--summary", is_flag=True,
-              help="Runs, accept/review split and confidence quantiles, rows per label, errors by type "
+              help="Runs, accept/review split and confidence quantiles, rows per label, failed files by type "
                    "(the default when nothing else is asked).")
 @click.option("--review", type=click.IntRange(min=1), metavar="N", help="The N rows to check by hand first.")
 @click.option("--by", type=click.Choice(["confidence", "margin"]), default="confidence", show_default=True,
               help="--review order: least confident, or smallest margin over the runner-up.")
-@click.option("--truth", help="Ground truth: a uri,label CSV (relative uris resolve against its folder) or an "
-                              "ImageFolder tree DIR/<class>/<files> matched by file name.")
+@click.option("--truth", help="Ground truth: a uri,label CSV (relative uris resolve against its folder), an "
+                              "ImageFolder tree DIR/<class>/<files> matched by file name, or `reviews`: what "
+                              "people said in `alexlabel review`.")
 @click.option("--compare", nargs=2, metavar="A B",
               help="Two run ids or model versions: agreement rate and the rows whose label changed.")
 @click.option("--model", help="Only this model version's partition of every table.")
 @click.option("--all-rows", is_flag=True,
-              help="Analyze every label row, not only the latest per (uri, model_version).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
-              show_default=True)
+              help="Analyze every label and error row, not only the latest per (uri, model_version).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
+              help="Default: what --to's extension names (.csv, .json, .parquet; .txt: table), else table.")
 @click.option("--to", help="Write the result to this file or URL instead of printing it (parquet needs it).")
 def query_command(output, sql, summary, review, by, truth, compare, model, all_rows, fmt, to):
     """Query an output folder or bucket: DuckDB SQL or built-in analyses.
 
-    The built-ins read the latest row per (uri, model_version): the greatest labeled_at, ties broken by the
-    greater run_id. --compare takes one row per uri of each side. Analyses asked together print together.
+    The built-ins read the latest row per (uri, model_version): the greatest labeled_at (errors: at), ties
+    broken by the greater run_id; a file labeled after it failed no longer counts as failed. --compare takes one
+    row per uri of each side. Analyses asked together print together.
     """
+    from common.storage import check_output_file
     from output_tools import query
 
+    fmt = query.output_format(fmt, to)
     if fmt == "parquet" and not to:
         raise query.QueryError("--format parquet writes a file; add --to FILE")
     if sql and (summary or review or truth or compare):
         raise query.QueryError("--sql runs alone; drop --summary, --review, --truth and --compare")
+    if to:
+        check_output_file(to, "--to")
     con = query.connect(output, model, all_rows)
     if sql:
         results = query.run_sql(con, sql)
@@ -58,7 +65,7 @@ def query_command(output, sql, summary, review, by, truth, compare, model, all_r
 @click.argument("output")
 @click.option("--html", "html_path", required=True, help="The page to write (a file or any fsspec URL).")
 @click.option("--model", help="Model version to show (default: the most recently labeled one).")
-@click.option("--all-rows", is_flag=True, help="Count every label row, not only the latest per uri.")
+@click.option("--all-rows", is_flag=True, help="Count every label and error row, not only the latest per uri.")
 @click.option("--review", "review_n", type=click.IntRange(0, 500), default=48, show_default=True,
               help="Rows in the review queue, each with a thumbnail.")
 @click.option("--by", type=click.Choice(["confidence", "margin"]), default="confidence", show_default=True,
@@ -76,31 +83,106 @@ def report_command(output, html_path, model, all_rows, review_n, by, max_errors)
 
 @click.command("export")
 @click.argument("output")
-@click.option("--to", "target", nargs=2, required=True, type=(click.Choice(["imagefolder", "manifest"]), str),
-              metavar="imagefolder DIR | manifest FILE",
-              help="Copy the images into DIR/<label>/, or write a uri,label manifest (.csv or .parquet).")
+@click.option("--to", "target", nargs=2, required=True,
+              type=(click.Choice(["imagefolder", "manifest", "label-studio"]), str),
+              metavar="imagefolder DIR | manifest FILE | label-studio TASKS.json",
+              help="Copy the images into DIR/<label>/, write a uri,label manifest (.csv or .parquet), or write "
+                   "Label Studio tasks with the model's label as a prediction, and their labeling config beside "
+                   "them (TASKS.xml).")
+@click.option("--image-root", metavar="DIR",
+              help="label-studio: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; local images become "
+                   "/data/local-files/?d=<path under DIR> (gs:// and http(s) URIs stay as they are).")
 @click.option("--model", help="Model version to export (required when the output holds several).")
 @click.option("--decision", type=click.Choice(["accept", "review"]), help="Only rows with this decision.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), help="Only rows at least this confident.")
-def export_command(output, target, model, decision, min_confidence):
-    """Export labeled images as training data: an ImageFolder tree or a manifest the trainer reads."""
+@click.option("--reviewed-only", is_flag=True, help="Only rows a person checked (`alexlabel review`).")
+def export_command(output, target, model, decision, min_confidence, reviewed_only, image_root):
+    """Export labeled images as training data: an ImageFolder tree or a manifest the trainer reads.
+
+    A person's label (`alexlabel review`) wins over the model's, and rows marked unusable are left out;
+    --decision and --min-confidence filter the rows nobody checked.
+
+    --to label-studio writes one Label Studio task per row instead, the model's label as its prediction;
+    `alexlabel import-reviews` brings the annotations back."""
     from output_tools.export import ExportError, export
 
     kind, dest = target
-    written, failures = export(output, kind, dest, model, decision, min_confidence)
+    if kind == "label-studio":
+        from output_tools.label_studio import LabelStudioError, export_tasks
+
+        if reviewed_only:
+            raise LabelStudioError("--reviewed-only is for imagefolder and manifest; Label Studio tasks carry the "
+                                   "model's labels, for people to review")
+        written, config, classes = export_tasks(output, dest, model, decision, min_confidence, image_root)
+        click.echo(f"wrote {written} tasks to {dest} and their labeling config to {config} ({classes})")
+        return
+    if image_root:
+        raise ExportError("--image-root is for --to label-studio")
+    written, failures = export(output, kind, dest, model, decision, min_confidence, reviewed_only)
     click.echo(f"exported {written} images to {dest}" if kind == "imagefolder" else f"wrote {written} rows to {dest}")
     if failures:
         uri, why = failures[0]
         raise ExportError(f"{len(failures)} images could not be copied, e.g. {uri} ({why})")
 
 
+@click.command("import-reviews")
+@click.argument("output")
+@click.option("--from", "source", nargs=2, required=True, type=(click.Choice(["label-studio"]), str),
+              metavar="label-studio EXPORT.json",
+              help="Label Studio's JSON export of a project made from `alexlabel export --to label-studio`.")
+def import_reviews_command(output, source):
+    """Bring people's decisions made in Label Studio into the reviews table.
+
+    One reviews row per annotation, all in one session: confirm where the annotator chose the model's label
+    (OUT's latest row for that uri and model version), correct otherwise; the reviewer is the annotator
+    (email, else id) and the time the annotation's. Cancelled annotations and ones with no choice are skipped,
+    tasks of images OUT has not labeled counted."""
+    from output_tools.label_studio import import_reviews
+
+    _, path = source
+    done = import_reviews(output, path)
+    unknown = f" (e.g. {done['example_unknown']})" if done["unknown"] else ""
+    click.echo(f"wrote {done['written']} reviews (session {done['session_id']}) to {output.rstrip('/')}/reviews/; "
+               f"skipped {done['skipped']} annotations (cancelled or no choice); {done['unknown']} "
+               f"task{'s' * (done['unknown'] != 1)} of images {output} has not labeled{unknown}")
+
+
 @click.command("schema")
-@click.option("--bigquery", is_flag=True, help="Print BigQuery JSON schemas instead of Arrow schemas.")
+@click.option("--bigquery", is_flag=True,
+              help="Print BigQuery JSON schemas instead of Arrow schemas: one table's field array (for "
+                   "`bq mk --schema`), or an object of every table's.")
 @click.argument("table", required=False, type=click.Choice(sorted(TABLES)))
 def schema_command(bigquery, table):
     """Print the output table schemas (all tables, or one)."""
+    if bigquery:  # one table's is the bare field array that `bq mk --schema` and `bq load --schema` take
+        click.echo(json.dumps(bigquery_schema(TABLES[table]) if table else
+                              {name: bigquery_schema(schema) for name, schema in TABLES.items()}, indent=2))
+        return
     for name in [table] if table else TABLES:
-        if bigquery:
-            click.echo(json.dumps({name: bigquery_schema(TABLES[name])}, indent=2))
-        else:
-            click.echo(f"{name}:\n{TABLES[name]}\n")
+        click.echo(f"{name}:\n{TABLES[name]}\n")
+
+
+@click.command("review")
+@click.argument("output")
+@click.option("--model", help="Model version to review (required when the output holds several).")
+@click.option("--queue", "kind", type=click.Choice(["review", "all", "disagreements"]), default="review",
+              show_default=True, help="review: rows the model sent to review; all: every row not yet reviewed; "
+              "disagreements: rows people did not confirm, for a second look.")
+@click.option("--order", type=click.Choice(["confidence", "margin"]), default="confidence", show_default=True,
+              help="Least confident first, or smallest margin over the runner-up first.")
+@click.option("--reviewer", help="Name recorded with each decision [default: the OS user].")
+@click.option("--checkpoint", help="Where the class list comes from [default: the checkpoint the runs table names].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
+def review_command(output, model, kind, order, reviewer, checkpoint, host, port):
+    """Review labels in a local web app: confirm, correct or reject each, into the reviews table."""
+    from output_tools.review_app import bind, open_app, serve, url
+    from output_tools.reviews import default_reviewer, new_session_id
+
+    app = open_app(output, model, kind, order, reviewer or default_reviewer(), checkpoint, new_session_id())
+    sock = bind(host, port)
+    click.echo(f"reviewing {app.queue.size} rows of model version {app.queue.model_version} ({kind} queue, by "
+               f"{order}) as {app.reviewer}; decisions go to {output.rstrip('/')}/reviews/")
+    click.echo(f"open {url(sock, app.token)}   (Ctrl-C stops; decisions are saved every few seconds)")
+    serve(app, sock)
+    click.echo(f"saved {len(app.positions)} decisions of session {app.log.session_id}")

@@ -2,7 +2,9 @@
 
 Two forms the trainer reads: an ImageFolder tree DIR/<label>/<file> (`alexlabel train --data`, as the
 train/ or val/ split) and a uri,label manifest in CSV or Parquet (`--data-manifest`). Rows follow the
-query rule: the latest row per uri of one model version, optionally only one decision or above a confidence.
+query rule: the latest row per uri of one model version. A person's verdict (the `reviewed` view) wins over
+the model's: their label where they corrected it, the row dropped where they marked it unusable. Checked
+rows pass whatever the filters; --decision and --min-confidence choose among the model's unchecked ones.
 """
 import csv
 import hashlib
@@ -12,14 +14,15 @@ import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import UserError
-from common.storage import atomic_write_bytes, read_bytes
-from output_tools import query
+from common.storage import atomic_write_bytes, check_output_file, read_bytes
+from common.views import training_rows
 
-MANIFEST_COLUMNS = ("uri", "label", "confidence", "decision", "model_version")
+MANIFEST_COLUMNS = ("uri", "label", "confidence", "decision", "model_version", "reviewed")  # views.training_rows
 
 
 class ExportError(UserError):
@@ -27,11 +30,19 @@ class ExportError(UserError):
 
 
 def export(output: str, kind: str, dest: str, model: str | None = None, decision: str | None = None,
-           min_confidence: float | None = None) -> tuple[int, list[tuple[str, str]]]:
-    """Export to an ImageFolder tree ("imagefolder") or a manifest file ("manifest"); returns (written, failures)."""
-    if kind == "manifest" and not dest.lower().endswith((".csv", ".parquet")):
-        raise ExportError(f"manifest {dest} must end in .csv or .parquet")
-    rows = select_rows(output, model, decision, min_confidence)
+           min_confidence: float | None = None, reviewed_only: bool = False) -> tuple[int, list[tuple[str, str]]]:
+    """Export to an ImageFolder tree ("imagefolder") or a manifest file ("manifest"); returns (written, failures).
+
+    A destination of the wrong kind is refused first: otherwise it fails only after every row is read or copied."""
+    if kind == "manifest":
+        if not dest.lower().endswith((".csv", ".parquet")):
+            raise ExportError(f"manifest {dest} must end in .csv or .parquet")
+        check_output_file(dest, "--to manifest")
+    else:
+        fs, path = fsspec.core.url_to_fs(dest)
+        if fs.isfile(path):
+            raise ExportError(f"--to imagefolder {dest} is a file; give the folder to copy the images into")
+    rows = select_rows(output, model, decision, min_confidence, reviewed_only)
     if kind == "imagefolder":
         return to_imagefolder(rows, dest)
     to_manifest(rows, dest)
@@ -39,18 +50,13 @@ def export(output: str, kind: str, dest: str, model: str | None = None, decision
 
 
 def select_rows(output: str, model: str | None = None, decision: str | None = None,
-                min_confidence: float | None = None) -> list[tuple]:
-    """MANIFEST_COLUMNS of the rows to export, ordered by uri; refuses to mix model versions silently."""
-    con = query.connect(output, model)
-    if len(versions := query.label_versions(con)) > 1:
-        raise ExportError(f"{output} holds labels of {len(versions)} model versions ({', '.join(versions)}); "
-                          "pick one with --model")
-    rows = con.execute(f"""SELECT {', '.join(MANIFEST_COLUMNS)} FROM analyzed
-                           WHERE ($1 IS NULL OR decision = $1) AND confidence >= coalesce($2, 0) ORDER BY uri""",
-                       [decision, min_confidence]).fetchall()
+                min_confidence: float | None = None, reviewed_only: bool = False) -> list[tuple]:
+    """MANIFEST_COLUMNS of the rows to export, ordered by uri."""
+    rows = training_rows(output, model, decision, min_confidence, reviewed_only)
     if not rows:
         filters = (f"{f' --decision {decision}' if decision else ''}"
-                   f"{f' --min-confidence {min_confidence:g}' if min_confidence is not None else ''}")
+                   f"{f' --min-confidence {min_confidence:g}' if min_confidence is not None else ''}"
+                   f"{' --reviewed-only' if reviewed_only else ''}")
         raise ExportError(f"no labeled rows of {output}" + (f" pass the filters{filters}" if filters else ""))
     return rows
 

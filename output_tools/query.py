@@ -1,17 +1,10 @@
-"""SQL over an output folder or bucket, and the built-in analyses the `query`, `report` and `export` commands share.
-
-DuckDB views over the Parquet tables:
-    labels, errors, runs   every row (with a model version given, only that version's partition)
-    latest                 the latest row per (uri, model_version): greatest labeled_at, ties to the greater run_id
-    analyzed               what the built-ins read: `latest`, or `labels` when asked for all rows
-
-Why `latest`: labeling the same images again (a rerun without --skip-existing, --retry-errors) adds rows,
-and counts, accuracy and review queues are about images, not attempts. Another model version's rows are
-kept: comparing versions is the point of keeping them.
+"""SQL over an output folder or bucket, and the built-in analyses the `query`, `report` and `export` commands
+share, over the views of common/views.py (labels, errors, runs, reviews, latest, analyzed, failed, reviewed).
 """
 import csv
 import io
 import json
+import posixpath
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
@@ -22,60 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import UserError, first_line
-from common.storage import atomic_write_bytes, glob_urls, is_local, read_bytes, resolve_uri
-from schemas.tables import TABLES
+from common.storage import atomic_write_bytes, read_bytes, resolve_uri
+from common.views import NoOutput, connect, label_versions, literal  # noqa: F401 (the query API)
 
 REVIEW_ORDER = {"confidence": "confidence, margin, uri", "margin": "margin, confidence, uri"}
-LATEST = """SELECT * FROM labels
-            QUALIFY row_number() OVER (PARTITION BY uri, model_version ORDER BY labeled_at DESC, run_id DESC) = 1"""
-
-
-class NoOutput(UserError):
-    """An output URL that holds no alexlabel tables."""
+# What `--to FILE` holds when no --format is given, by FILE's extension.
+EXTENSION_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".txt": "table"}
 
 
 class QueryError(UserError):
     """A query the output cannot answer as asked: unknown versions, unmatched truth, bad SQL or format."""
-
-
-def connect(output: str, model: str | None = None, all_rows: bool = False) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views above; fsspec serves gs:// and other remote URLs."""
-    con = duckdb.connect()
-    output = output.rstrip("/")
-    fs, root = fsspec.core.url_to_fs(output)
-    if not is_local(fs):
-        con.register_filesystem(fs)
-    if not fs.exists(f"{root}/runs"):
-        raise NoOutput(f"{output} holds no alexlabel runs; run `alexlabel label --output {output}` first")
-    if model and model not in (found := partition_versions(output)):
-        raise QueryError(f"{output} has no rows of model version {model} (it has: {', '.join(found) or 'none'})")
-    for table, schema in TABLES.items():
-        files = glob_urls(f"{output}/{table}/model={model}/*.parquet" if model else f"{output}/{table}/*/*.parquet")
-        if files:
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{', '.join(map(literal, files))}], "
-                        "hive_partitioning=false, union_by_name=true)")
-        else:
-            con.register(table, schema.empty_table())
-    con.execute(f"CREATE VIEW latest AS {LATEST}")
-    con.execute(f"CREATE VIEW analyzed AS SELECT * FROM {'labels' if all_rows else 'latest'}")
-    return con
-
-
-def partition_versions(output: str) -> list[str]:
-    """Model versions with a partition in any table, from the folder names alone."""
-    fs, root = fsspec.core.url_to_fs(output.rstrip("/"))
-    return sorted({p.rsplit("model=", 1)[1] for p in fs.glob(f"{root}/*/model=*")})
-
-
-def label_versions(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Model versions of the analyzed label rows, most recently labeled first."""
-    rows = con.sql("SELECT model_version FROM analyzed GROUP BY 1 ORDER BY max(labeled_at) DESC, 1").fetchall()
-    return [v for (v,) in rows]
-
-
-def literal(value: str) -> str:
-    """A SQL string literal (for views, which take no parameters)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 @contextmanager
@@ -111,18 +60,56 @@ SUMMARY_QUERIES = {
     "labels": """SELECT model_version, label, images, accepted, review, round(mean, 3) AS mean_conf,
                         round(q[1], 3) AS p10, round(q[3], 3) AS median, round(q[5], 3) AS p90
                  FROM label_stats WHERE total = 0 ORDER BY model_version, images DESC, label""",
-    "errors": """SELECT stage, error_type, count(*) AS files, any_value(uri) AS example
-                 FROM errors GROUP BY ALL ORDER BY files DESC, stage, error_type""",
+    "errors": """SELECT model_version, stage, error_type, count(*) AS files, any_value(uri) AS example
+                 FROM failed GROUP BY ALL ORDER BY model_version, files DESC, stage, error_type""",
 }
 
 
 def summary(con: duckdb.DuckDBPyConnection | str, truth: str | None = None) -> dict[str, duckdb.DuckDBPyRelation]:
-    """Runs, accept/review split and confidence quantiles per version and per label, errors by type and,
-    given truth, the truth tables. `con` may be an output URL; the label rows are scanned once."""
+    """Runs, accept/review split and confidence quantiles per version and per label, errors by type, once
+    people reviewed some rows their verdict on the model and, given truth, the truth tables. `con` may be an
+    output URL; the label rows are scanned once."""
     con = connect(con) if isinstance(con, str) else con
     con.execute(SUMMARY_STATS)
     results = {name: con.sql(q) for name, q in SUMMARY_QUERIES.items()}
+    if con.sql("SELECT count(*) FROM reviewed").fetchall()[0][0]:
+        results |= human_checked(con)
     return {**results, **truth_tables(con, truth)} if truth else results
+
+
+def wilson(k: str, n: str, z: float = 1.96) -> str:
+    """SQL for the 95% Wilson score interval [low, high] of k successes in n trials (rounded)."""
+    center = f"({k} + {z * z / 2}) / ({n} + {z * z})"
+    half = f"{z} * sqrt({k} * ({n} - {k}) / {n} + {z * z / 4}) / ({n} + {z * z})"
+    return f"round({center} - {half}, 4) AS low95, round({center} + {half}, 4) AS high95"
+
+
+HUMAN_CHECKED = f"""SELECT {{keys}}, coalesce(decision, 'all') AS decision,
+                           count(*) FILTER (action = 'confirm') AS confirmed,
+                           count(*) FILTER (action = 'correct') AS corrected,
+                           count(*) FILTER (action = 'unusable') AS unusable,
+                           round(confirmed / nullif(confirmed + corrected, 0), 4) AS accuracy,
+                           {wilson("confirmed", "nullif(confirmed + corrected, 0)")}
+                    FROM checked GROUP BY GROUPING SETS (({{keys}}, decision), ({{keys}})) ORDER BY ALL"""
+
+
+def human_checked(con: duckdb.DuckDBPyConnection) -> dict[str, duckdb.DuckDBPyRelation]:
+    """How often people found the model right, with 95% Wilson intervals: per model version and decision
+    (so the accept threshold is judged against people, not the model's own confidence) and per label, and
+    how much of each version's rows and review queue people have checked. Unusable rows count apart."""
+    con.execute("""CREATE OR REPLACE TEMP TABLE checked AS
+                   SELECT a.model_version, a.label, a.decision, r.action
+                   FROM analyzed a JOIN reviewed r USING (uri, model_version)""")
+    return {
+        "human_checked": con.sql(HUMAN_CHECKED.format(keys="model_version")),
+        "human_checked_per_label": con.sql(HUMAN_CHECKED.format(keys="model_version, label")),
+        "reviewed_share": con.sql("""SELECT a.model_version, count(*) AS rows, count(r.action) AS reviewed,
+                                            count(*) FILTER (a.decision = 'review') AS review_queue,
+                                            count(r.action) FILTER (a.decision = 'review') AS queue_reviewed,
+                                            round(queue_reviewed / nullif(review_queue, 0), 4) AS queue_share
+                                     FROM analyzed a LEFT JOIN reviewed r USING (uri, model_version)
+                                     GROUP BY ALL ORDER BY ALL"""),
+    }
 
 
 def review(con: duckdb.DuckDBPyConnection, n: int, by: str = "confidence") -> dict[str, duckdb.DuckDBPyRelation]:
@@ -143,10 +130,17 @@ def load_truth(con: duckdb.DuckDBPyConnection, truth: str) -> None:
     """Table `judged` (model_version, uri, key, truth, predicted): analyzed rows joined to the ground truth.
 
     A file is a uri,label CSV matched by uri (relative uris resolve against the CSV's folder); a folder is an
-    ImageFolder tree DIR/<class>/<files> matched by file name, which must then be unique in the tree.
+    ImageFolder tree DIR/<class>/<files> matched by file name, which must then be unique in the tree;
+    `reviews` is what people said (the reviewed view: the latest confirmed or corrected label per uri, of any
+    model version they reviewed).
     """
     fs, path = fsspec.core.url_to_fs(truth)
-    if fs.isdir(path):
+    if truth == "reviews":
+        con.execute("""CREATE OR REPLACE TEMP TABLE truth AS
+                       SELECT uri AS key, reviewed_label AS label FROM reviewed WHERE action IN ('confirm', 'correct')
+                       QUALIFY row_number() OVER (PARTITION BY uri ORDER BY reviewed_at DESC) = 1""")
+        key, how = "l.uri", "uri (people reviewed none of these rows)"
+    elif fs.isdir(path):
         con.register("truth", folder_truth(fs, path, truth))
         key, how = "parse_filename(l.uri)", "file name"
     elif fs.isfile(path):
@@ -305,6 +299,16 @@ def json_value(value):
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return str(value)
+
+
+def output_format(fmt: str | None, to: str | None) -> str:
+    """--format, else the format --to's extension names, else an aligned table. A --format the extension
+    contradicts is refused: an aligned table in a .csv file only fails later, in whatever reads it."""
+    named = EXTENSION_FORMATS.get(posixpath.splitext(to)[1].lower()) if to else None
+    if fmt and named and fmt != named:
+        raise QueryError(f"--format {fmt} does not match --to {to}, which names --format {named}; "
+                         "drop --format or change the file name")
+    return fmt or named or "table"
 
 
 def write_result(data: str | bytes, to: str) -> None:

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from common.storage import atomic_write_bytes, read_bytes
+from common.storage import atomic_write_bytes, check_output_file, read_bytes
 from output_tools import query
-from schemas.transform import decode_image
+from schemas.images import decode_image
 
 THUMB_PX = 96
 MAX_LABELS = 60  # charts beyond this many classes stop being readable; the page says how many were left out
@@ -37,13 +37,14 @@ def esc(value) -> str:
 def write_report(output: str, html_path: str, model: str | None = None, all_rows: bool = False, review_n: int = 48,
                  by: str = "confidence", max_errors: int = 200) -> dict:
     """Write the page for one model version (default: the most recently labeled); returns what it shows."""
+    check_output_file(html_path, "--html")
     con = query.connect(output, model, all_rows)
     versions = query.label_versions(con)
     if len(versions) > 1:
         con = query.connect(output, versions[0], all_rows)
     shown = {"model_version": versions[0] if versions else model or "(none)", "other_versions": versions[1:],
-             "rows": "every label row" if all_rows else "the latest row per (uri, model version)"}
-    body, counts = sections(con, review_n, by, max_errors)
+             "rows": "every label and error row" if all_rows else "the latest row per (uri, model version)"}
+    body, counts = sections(con, review_n, by, max_errors, all_rows, output)
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>alexlabel report: {esc(output)}'
             f"</title><style>{CSS}</style></head><body><h1>alexlabel report</h1>{header(output, shown)}{body}"
             "</body></html>\n")
@@ -58,24 +59,37 @@ def header(output: str, shown: dict) -> str:
             f"</code>, written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.{others} Counts use {shown['rows']}.</p>")
 
 
-def sections(con: duckdb.DuckDBPyConnection, review_n: int, by: str, max_errors: int) -> tuple[str, dict]:
+def sections(con: duckdb.DuckDBPyConnection, review_n: int, by: str, max_errors: int,
+             all_rows: bool, output: str) -> tuple[str, dict]:
     tables = query.summary(con)  # also fills label_stats, so the charts need no further pass over the rows
     all_labels = con.sql("SELECT label, accepted, review FROM label_stats WHERE total = 0 "
                          "ORDER BY images DESC, label").fetchall()
     n_labels, per_label = len(all_labels), all_labels[:MAX_LABELS]
     queue = query.review(con, review_n, by)["review"].fetchall() if review_n else []
-    errors = con.sql(f'SELECT stage, error_type, uri, message FROM errors ORDER BY "at" DESC, uri LIMIT {max_errors}')
-    n_errors = con.sql("SELECT count(*) FROM errors").fetchall()[0][0]
+    errors = con.sql(f'SELECT stage, error_type, uri, message FROM failed ORDER BY "at" DESC, uri LIMIT {max_errors}')
+    n_errors = con.sql("SELECT count(*) FROM failed").fetchall()[0][0]
+    counted = "rows (every error row)" if all_rows else "files (latest row per uri and model version)"
     more = f" ({n_labels - len(per_label)} smaller labels left out)" if n_labels > len(per_label) else ""
     body = (section("Summary", relation_table(tables["confidence"]))
             + section("Images per label" + more, '<p class="legend"><span style="background:#3a7d44">accept</span>'
                       '<span style="background:#e08a1e">review</span></p>' + bar_chart(per_label))
             + section("Confidence per label", histograms(con, [row[0] for row in per_label]))
-            + section(f"Review queue: {len(queue)} rows with the lowest {esc(by)}", review_queue(queue))
-            + section(f"Errors: {n_errors} (showing {min(n_errors, max_errors)})",
+            + section(f"Review queue: {len(queue)} rows with the lowest {esc(by)}",
+                      f'<p class="meta">Confirm or correct them in the review app: <code>alexlabel review '
+                      f'{esc(output)}</code></p>' + review_queue(queue))
+            + (section("What people said", people(tables)) if "human_checked" in tables else "")
+            + section(f"Errors: {n_errors} {counted}, showing {min(n_errors, max_errors)}",
                       relation_table(tables["errors"]) + relation_table(errors, "errors-table"))
             + section("Runs", relation_table(tables["runs"])))
     return body, {"labels": n_labels, "review": len(queue), "errors": n_errors}
+
+
+def people(tables: dict) -> str:
+    """The reviewed share of each version's rows and queue, and how often people found the model right."""
+    return ('<p class="meta">Accuracy as people judged it (confirmed / (confirmed + corrected)), with 95% Wilson '
+            'intervals; the accept rows show whether the accept threshold holds.</p>'
+            + relation_table(tables["reviewed_share"], "reviewed-share")
+            + relation_table(tables["human_checked"], "human-checked"))
 
 
 def section(title: str, content: str) -> str:

@@ -8,16 +8,19 @@ import hashlib
 import io
 import json
 import pickle
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
+import fsspec
 import torch
 
-from common.errors import UserError, first_line
+from common.errors import UserError
 from common.storage import atomic_write_bytes, read_bytes
 from schemas.transform import Preprocess
 
 FORMAT_VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes begins (a zip archive)
 # What the trainer's resume checkpoint (last.pt) always holds, and an inference checkpoint never does.
 TRAINING_STATE_KEYS = frozenset({"model", "optimizer", "state", "rng"})
 
@@ -87,22 +90,43 @@ def sibling(url: str, name: str) -> str:
     return f"{folder}{slash}{name}"
 
 
+def checkpoint_file(url: str) -> str:
+    """The file a --checkpoint names: `url` itself, or for a folder the model.pt in it (what `alexlabel train
+    --output DIR` writes), which is then named on stderr."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.isdir(path):
+        return url
+    inside = f"{url.rstrip('/')}/model.pt"
+    if not fs.isfile(f"{path.rstrip('/')}/model.pt"):
+        raise CheckpointError(f"checkpoint {url} is a folder with no model.pt in it; pass the model.pt that "
+                              "`alexlabel train` or `alexlabel import-weights` wrote")
+    print(f"using {inside}", file=sys.stderr, flush=True)
+    return inside
+
+
 def load_checkpoint(url: str) -> tuple[dict[str, torch.Tensor], Manifest]:
-    """Safely load and validate a checkpoint; every failure is one CheckpointError line."""
+    """Safely load and validate a checkpoint; every failure is one CheckpointError line.
+
+    Torch's own messages are not passed on: for a refused file they advise loading it with weights_only=False,
+    which would run whatever code it holds."""
+    url = checkpoint_file(url)
     try:
         data = read_bytes(url)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {url} does not exist; pass the model.pt that `alexlabel train` wrote"
                               ) from None
     try:
+        if not data.startswith(ZIP_MAGIC):  # torch would read it as an old-style pickle, and call it unsafe
+            raise ValueError("not a zip archive")
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"checkpoint {url} holds objects other than tensors and was refused "
-                              f"(weights_only load: {first_line(e)}); only load checkpoints written by alexlabel"
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"checkpoint {url} holds objects other than tensors and was refused (unpickling them "
+                              "could run code from the file); only load checkpoints that `alexlabel train` or "
+                              "`alexlabel import-weights` wrote") from None
+    except Exception:
+        raise CheckpointError(f"checkpoint {url} is not a checkpoint (truncated or not a torch file); pass the "
+                              "model.pt that `alexlabel train` or `alexlabel import-weights` wrote, or re-copy it"
                               ) from None
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {url} is truncated or not a torch file ({type(e).__name__}); "
-                              "re-copy or re-export it") from None
     if isinstance(obj, dict) and "manifest" not in obj and TRAINING_STATE_KEYS <= obj.keys():
         raise CheckpointError(f"checkpoint {url} is a training checkpoint (for `alexlabel train --resume`), not an "
                               f"inference one; use {sibling(url, 'model.pt')} beside it")

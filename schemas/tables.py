@@ -1,6 +1,6 @@
 """The output tables: one pyarrow schema each, and their BigQuery JSON form.
 
-Every writer and reader of labels/, errors/ and runs/ takes its columns from here.
+Every writer and reader of labels/, errors/, runs/ and reviews/ takes its columns from here.
 """
 import pyarrow as pa
 
@@ -54,14 +54,30 @@ RUNS = pa.schema([
     pa.field("options_json", pa.string(), nullable=False),
 ])
 
-TABLES = {"labels": LABELS, "errors": ERRORS, "runs": RUNS}
+# One row per human decision (`alexlabel review`, `import-reviews`), append-only. `action`: confirm (the model's
+# label is right), correct (reviewed_label is), unusable (none of the classes fits, or the image is broken:
+# reviewed_label is null), or undo (withdraws this session's last decision on the uri; reviewed_label null).
+REVIEWS = pa.schema([
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("content_sha256", pa.string(), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("predicted_label", pa.string(), nullable=False),
+    pa.field("reviewed_label", pa.string()),
+    pa.field("action", pa.string(), nullable=False),
+    pa.field("reviewer", pa.string(), nullable=False),
+    pa.field("reviewed_at", UTC_TS, nullable=False),
+    pa.field("session_id", pa.string(), nullable=False),
+])
+
+TABLES = {"labels": LABELS, "errors": ERRORS, "runs": RUNS, "reviews": REVIEWS}
 
 _BQ_TYPES = {pa.string(): "STRING", pa.int32(): "INT64", pa.int64(): "INT64", pa.float32(): "FLOAT64",
              pa.float64(): "FLOAT64", UTC_TS: "TIMESTAMP", pa.bool_(): "BOOL"}
 
 
 def bigquery_schema(schema: pa.Schema) -> list[dict]:
-    """BigQuery JSON schema (as `bq mk --schema` takes it); lists become REPEATED fields."""
+    """BigQuery JSON schema: the bare field array `bq mk --schema` and `bq load --schema` take; lists become
+    REPEATED fields."""
     out = []
     for f in schema:
         if pa.types.is_list(f.type):

@@ -4,28 +4,18 @@ The trainer's evaluation and the labeling pipeline both call these functions, so
 a bucket is prepared exactly like the validation images that measured the model. Work stays on uint8
 (decode, resize, crop); float conversion and normalization happen once per batch.
 """
-import io
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
+
+from schemas.images import INTERPOLATIONS, ORIENTATION_TAG, decode_opened, open_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_PIXELS = 100_000_000  # larger images are refused before their pixels are decoded (bombs)
-ORIENTATION_TAG = 0x0112
-INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
-
-
-class ImageTooLarge(ValueError):
-    """An image whose header promises more pixels than MAX_PIXELS."""
-
-
 @dataclass(frozen=True)
 class Preprocess:
     """Eval transform: resize the shorter side to `resize`, center-crop `crop`, normalize."""
@@ -115,7 +105,7 @@ def eval_tensor_from_bytes(data: bytes, pre: Preprocess, keep_jpeg: bool = False
             return pre.eval_tensor_chw(decode_jpeg(encoded, mode=ImageReadMode.RGB)), header.size
         except RuntimeError:
             pass
-    img, size = _decode(header, pre.resize)  # the header already opened and checked above
+    img, size = decode_opened(header, pre.resize)  # the header already opened and checked above
     return pre.eval_tensor(img), size
 
 
@@ -125,49 +115,3 @@ def _direct_jpeg(header: Image.Image, pre: Preprocess) -> bool:
     level; nvJPEG's inverse DCT and upsampling differ slightly (`make bench-gpu` measures by how much)."""
     return (header.format == "JPEG" and header.mode in ("RGB", "L") and pre.interpolation == "bilinear"
             and min(header.size) < 2 * pre.resize and header.getexif().get(ORIENTATION_TAG, 1) == 1)
-
-
-def open_image(data: bytes) -> Image.Image:
-    """Pillow's lazy open (header only), refusing bombs before any pixel is decoded."""
-    try:
-        with warnings.catch_warnings():  # our own limit below decides, with a clearer message
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise UnidentifiedImageError(f"not an image format Pillow reads (file starts with {data[:12]!r})") from None
-    except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"{e.args[0].split(' exceeds')[0]} exceeds the limit of {MAX_PIXELS:,}") from None
-    if img.width * img.height > MAX_PIXELS:
-        raise ImageTooLarge(f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS:,}")
-    return img
-
-
-def decode_image(data: bytes, min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode any Pillow format to upright RGB; also return the upright size stored in the file.
-
-    JPEG draft mode decodes at a reduced scale whenever both sides stay >= min_side. Raises
-    ImageTooLarge for decompression bombs (checked on the header, before decoding), and Pillow's own
-    errors (UnidentifiedImageError, OSError) for broken files.
-    """
-    return _decode(open_image(data), min_side)
-
-
-def _decode(img: Image.Image, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
-    """decode_image's work on an image open_image returned (not yet decoded)."""
-    width, height = img.size
-    if img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-        width, height = height, width
-    if min_side and img.format == "JPEG":
-        img.draft("RGB", (min_side, min_side))  # DCT scaling keeps both sides >= min_side
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        return _on_white(img.convert("RGBA")), (width, height)
-    if img.mode.startswith("I;16") or img.mode == "I":
-        img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
-    return img.convert("RGB"), (width, height)
-
-
-def _on_white(img: Image.Image) -> Image.Image:
-    background = Image.new("RGB", img.size, (255, 255, 255))
-    background.paste(img, mask=img.getchannel("A"))
-    return background

@@ -53,6 +53,42 @@ def test_the_trainers_resume_checkpoint_is_named_and_model_pt_suggested(command,
     assert not (tmp_path / "out").exists()
 
 
+def checkpoint_command(command: str, sample_dir: str, tmp_path) -> list:
+    """The arguments besides --checkpoint that label and evaluate need."""
+    return (["--input", f"{sample_dir}/bucket/*", "--output", tmp_path / "out"] if command == "label"
+            else ["--data", f"{sample_dir}/val"])
+
+
+@pytest.mark.parametrize("command", ["label", "evaluate"])
+def test_a_checkpoint_folder_stands_for_the_model_pt_in_it(command, checkpoint, sample_dir, tmp_path):
+    result = invoke(command, "--checkpoint", os.path.dirname(checkpoint), *checkpoint_command(command, sample_dir,
+                                                                                              tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == f"using {checkpoint}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = one_line_error(invoke(command, "--checkpoint", empty, *checkpoint_command(command, sample_dir, tmp_path)))
+    assert line == (f"Error: checkpoint {empty} is a folder with no model.pt in it; pass the model.pt that "
+                    "`alexlabel train` or `alexlabel import-weights` wrote")
+
+
+@pytest.mark.parametrize("command", ["label", "evaluate"])
+def test_a_file_that_is_no_checkpoint_is_called_so_without_torchs_unsafe_advice(command, sample_dir, tmp_path):
+    """Torch's refusal advises loading with weights_only=False, which would run the file's code: never passed on."""
+    import numpy as np
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model\n")
+    for path in (f"{sample_dir}/bucket/img_00000.jpg", notes):
+        line = one_line_error(invoke(command, "--checkpoint", path, *checkpoint_command(command, sample_dir, tmp_path)))
+        assert line == (f"Error: checkpoint {path} is not a checkpoint (truncated or not a torch file); pass the "
+                        "model.pt that `alexlabel train` or `alexlabel import-weights` wrote, or re-copy it")
+    torch.save({"weights": np.zeros(3)}, tmp_path / "numpy.pt")  # a torch file, but with a pickled numpy array
+    line = one_line_error(invoke(command, "--checkpoint", tmp_path / "numpy.pt",
+                                 *checkpoint_command(command, sample_dir, tmp_path)))
+    assert "holds objects other than tensors and was refused" in line and "weights_only" not in line
+
+
 @pytest.mark.parametrize("command", ["label", "evaluate"])
 @pytest.mark.parametrize("word", ["cuda", "gpu"])  # label's first word for it is still understood
 def test_gpu_requested_without_a_gpu_fails_loudly(checkpoint, sample_dir, tmp_path, monkeypatch, command, word):
@@ -114,10 +150,16 @@ def test_query_of_an_empty_folder_says_what_to_run(tmp_path):
 
 
 def test_schema_prints_bigquery_json():
+    """One table's is the bare field array `bq mk --schema` and `bq load --schema` read; with no table, an
+    object of every table's (test_schemas checks each against BigQuery's documented form)."""
+    from schemas.tables import TABLES, bigquery_schema
+
     result = invoke("schema", "--bigquery", "labels")
+    assert result.exit_code == 0 and json.loads(result.output) == bigquery_schema(TABLES["labels"])
+    assert json.loads(result.output)[0] == {"name": "uri", "type": "STRING", "mode": "REQUIRED"}
+    result = invoke("schema", "--bigquery")
     assert result.exit_code == 0
-    fields = json.loads(result.output)["labels"]
-    assert fields[0] == {"name": "uri", "type": "STRING", "mode": "REQUIRED"}
+    assert json.loads(result.output) == {name: bigquery_schema(schema) for name, schema in TABLES.items()}
 
 
 @pytest.mark.parametrize("command", main.list_commands(click.Context(main)))

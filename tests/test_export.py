@@ -4,7 +4,7 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-from commands import invoke
+from commands import invoke, one_line_error
 from outputs import label, write_images, write_output
 
 from beam_pipeline.launch import run
@@ -57,7 +57,28 @@ def test_manifest_is_what_the_trainer_reads(out, tmp_path, name):
     assert all(os.path.exists(uri) for uri, _ in rows)
     path = tmp_path / name
     columns = next(csv.reader(open(path))) if name.endswith(".csv") else pq.read_schema(path).names
-    assert columns == ["uri", "label", "confidence", "decision", "model_version"]
+    assert columns == ["uri", "label", "confidence", "decision", "model_version", "reviewed"]
+
+
+def test_a_persons_label_wins_unusable_rows_go_and_reviewed_only_keeps_the_checked(tmp_path):
+    from output_tools.reviews import ReviewLog, review_row
+
+    a, b, c, d = write_images(tmp_path, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    rows = [label(a, "cat", 0.9), label(b, "cat", 0.3), label(c, "dog", 0.2), label(d, "dog", 0.95)]
+    out = write_output(str(tmp_path / "out"), rows)
+    log = ReviewLog(out, "s1")
+    log.add(review_row(rows[1], "correct", "fox", "ana", "s1"))    # a review row: a person's label
+    log.add(review_row(rows[2], "unusable", None, "ana", "s1"))    # gone from the training data
+    log.add(review_row(rows[3], "correct", "wolf", "ana", "s1"))
+    log.undo()                                                     # withdrawn: the model's label stands
+    log.close()
+    assert invoke("export", out, "--to", "manifest", tmp_path / "all.csv", "--decision", "accept").exit_code == 0
+    exported = list(csv.DictReader(open(tmp_path / "all.csv")))
+    assert [(os.path.basename(r["uri"]), r["label"], r["reviewed"]) for r in exported] == [
+        ("a.jpg", "cat", "False"), ("b.jpg", "fox", "True"), ("d.jpg", "dog", "False")]  # b passes as checked
+    assert invoke("export", out, "--to", "manifest", tmp_path / "checked.csv", "--reviewed-only").exit_code == 0
+    assert [r["label"] for r in csv.DictReader(open(tmp_path / "checked.csv"))] == ["fox"]
+    assert sorted(label for _, label in read_manifest(str(tmp_path / "checked.csv"))) == ["fox"]
 
 
 def test_ambiguous_or_impossible_exports_are_one_line_errors(out, tmp_path):
@@ -71,7 +92,18 @@ def test_ambiguous_or_impossible_exports_are_one_line_errors(out, tmp_path):
         result = invoke("export", *args)
         assert result.exit_code == 1 and result.output.startswith("Error: ") and message in result.output, result.output
     assert invoke("export", two, "--to", "manifest", tmp_path / "m2.csv", "--model", "m2").exit_code == 0
-    assert open(tmp_path / "m2.csv").read().splitlines()[1] == "/x/a.jpg,dog,0.8999999761581421,accept,m2"
+    assert open(tmp_path / "m2.csv").read().splitlines()[1] == "/x/a.jpg,dog,0.8999999761581421,accept,m2,False"
+
+
+def test_destination_of_the_wrong_kind_is_refused_before_any_work(tmp_path):
+    (tmp_path / "dir.csv").mkdir()
+    (tmp_path / "file").write_text("")
+    missing = tmp_path / "missing"  # the destination is checked before the output is opened
+    assert one_line_error(invoke("export", missing, "--to", "manifest", tmp_path / "dir.csv")) == (
+        f"Error: --to manifest {tmp_path}/dir.csv is a directory; give the path of the file to write")
+    assert one_line_error(invoke("export", missing, "--to", "imagefolder", tmp_path / "file")) == (
+        f"Error: --to imagefolder {tmp_path}/file is a file; give the folder to copy the images into")
+    assert not list((tmp_path / "dir.csv").iterdir()) and (tmp_path / "file").read_text() == ""
 
 
 def test_images_that_vanished_are_reported_after_the_rest_is_copied(tmp_path):

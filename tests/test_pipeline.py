@@ -19,8 +19,9 @@ from beam_pipeline.pipeline import build, make_pipeline
 from beam_pipeline.rows import Failure
 from beam_pipeline.write import make_table_folders
 from schemas.checkpoint import load_checkpoint
+from schemas.images import decode_image
 from schemas.tables import TABLES
-from schemas.transform import Preprocess, decode_image, eval_tensor_from_bytes
+from schemas.transform import Preprocess, eval_tensor_from_bytes
 from trainer.models import load_model
 
 TOP_K, THRESHOLD = 3, 0.3
@@ -67,6 +68,7 @@ def test_every_matched_file_is_labeled_or_an_error_exactly_once(labeled, bucket)
     assert len(uris) == len(set(uris)) == row["matched"] == 17
     assert set(uris) == image_files(bucket)
     assert (row["labeled"], row["errored"], row["skipped"]) == (len(labels), len(errors), 0) == (13, 4, 0)
+    assert not os.path.exists(f"{out}/.beam-temp")  # Beam's temp files are gone, and their folder with them
 
 
 def test_broken_files_land_in_errors_with_stage_and_message(labeled, checkpoint):

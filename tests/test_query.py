@@ -1,11 +1,12 @@
 """`alexlabel query` over real Parquet outputs: SQL in four formats, the built-ins, the latest-row rule."""
 import json
+from datetime import timedelta
 
 import pyarrow.parquet as pq
 import pytest
 from commands import invoke
 from commands import one_line_error as error_line
-from outputs import error, label, write_output
+from outputs import T0, error, label, write_output
 
 
 def ok(*args) -> str:
@@ -79,7 +80,8 @@ def test_summary_counts_the_latest_row_per_uri_and_model(out):
     assert m1["min"] == 0.45 and m1["max"] == 0.95 and m1["median"] == 0.8 and m1["p10"] <= m1["p25"] <= m1["median"]
     assert [(r["model_version"], r["label"], r["images"], r["review"]) for r in s["labels"]] == [
         ("m1", "cat", 3, 1), ("m1", "dog", 1, 0), ("m2", "dog", 3, 1), ("m2", "cat", 1, 0)]
-    assert [(r["error_type"], r["files"]) for r in s["errors"]] == [("OSError", 1), ("UnidentifiedImageError", 1)]
+    assert [(r["model_version"], r["error_type"], r["files"]) for r in s["errors"]] == [
+        ("m1", "OSError", 1), ("m1", "UnidentifiedImageError", 1)]
     every = as_json("query", out, "--summary", "--all-rows", "--model", "m1")
     assert [(r["label"], r["images"]) for r in every["labels"]] == [("cat", 3), ("dog", 2)]
 
@@ -141,3 +143,74 @@ def test_bad_requests_are_one_line_errors(out):
     assert "Table with name nope does not exist" in one_line_error("query", out, "--sql", "SELECT * FROM nope")
     assert "--sql runs alone" in one_line_error("query", out, "--sql", SQL, "--summary")
     assert "no rows of model version m9 (it has: m1, m2)" in one_line_error("query", out, "--model", "m9")
+
+
+def later(row: dict, minutes: int) -> dict:
+    return {**row, "at": T0 + timedelta(minutes=minutes)}
+
+
+def test_errors_count_failed_files_not_attempts(tmp_path):
+    """--retry-errors fails on the same broken files again: each is one failed file, as a relabeled image is
+    one image. A file a retry labeled has not failed any more, for that model version only."""
+    errors = [error("/x/e.jpg"), error("/x/f.jpg"), error("/x/g.jpg"), error("/x/h.jpg"),
+              later(error("/x/e.jpg", run="r2"), 10), later(error("/x/f.jpg", "OSError", run="r2"), 10)]
+    out = write_output(str(tmp_path / "out"), [label("/x/g.jpg", "cat", 0.9, run="r2", minute=10),
+                                               label("/x/h.jpg", "cat", 0.9, model="m2", run="r3", minute=10)], errors)
+    s = as_json("query", out, "--summary")
+    assert [(r["model_version"], r["error_type"], r["files"]) for r in s["errors"]] == [
+        ("m1", "UnidentifiedImageError", 2), ("m1", "OSError", 1)]
+    rows = as_json("query", out, "--sql", "SELECT uri, run_id FROM failed ORDER BY uri")
+    assert [(r["uri"], r["run_id"]) for r in rows] == [("/x/e.jpg", "r2"), ("/x/f.jpg", "r2"), ("/x/h.jpg", "r1")]
+    every = as_json("query", out, "--summary", "--all-rows")["errors"]
+    assert [(r["error_type"], r["files"]) for r in every] == [("UnidentifiedImageError", 5), ("OSError", 1)]
+
+
+def test_result_file_that_is_a_directory_is_refused_before_any_work(tmp_path):
+    (tmp_path / "dir").mkdir()
+    line = one_line_error("query", tmp_path / "missing", "--to", tmp_path / "dir")  # checked before the output
+    assert line == f"Error: --to {tmp_path}/dir is a directory; give the path of the file to write"
+    assert not list((tmp_path / "dir").iterdir())
+
+
+def test_missing_output_says_it_does_not_exist(tmp_path):
+    assert one_line_error("query", tmp_path / "nope") == (
+        f"Error: {tmp_path}/nope does not exist; give the folder or URL that `alexlabel label --output` wrote")
+
+
+def test_result_format_follows_the_file_extension(out, tmp_path):
+    for name, start in [("r.csv", "label,n\n"), ("r.json", '[\n {\n  "label": "cat"'), ("r.txt", "label  n\n")]:
+        assert ok("query", out, "--sql", SQL, "--to", tmp_path / name) == f"wrote {tmp_path / name}\n"
+        assert (tmp_path / name).read_text().startswith(start)
+    ok("query", out, "--sql", SQL, "--to", tmp_path / "r.parquet")
+    assert pq.read_table(tmp_path / "r.parquet").num_rows == 2
+    ok("query", out, "--sql", SQL, "--to", tmp_path / "r.out")
+    assert (tmp_path / "r.out").read_text().startswith("label  n\n")
+    assert one_line_error("query", out, "--sql", SQL, "--format", "table", "--to", tmp_path / "x.csv") == (
+        f"Error: --format table does not match --to {tmp_path}/x.csv, which names --format csv; "
+        "drop --format or change the file name")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_summary_judges_the_model_against_people_with_wilson_intervals(tmp_path):
+    from output_tools.reviews import ReviewLog, review_row
+
+    rows = [label(f"/x/{i}.jpg", "cat" if i % 2 else "dog", 0.3 + i * 0.06) for i in range(10)]  # 4 review rows
+    out = write_output(str(tmp_path / "out"), rows)
+    assert "human_checked" not in as_json("query", out, "--summary")  # nothing reviewed: the summary as before
+    log = ReviewLog(out, "s1")
+    for row in rows[:6]:  # people say every one of them is a cat: the model's cats are right, its dogs wrong
+        log.add(review_row(row, "confirm" if row["label"] == "cat" else "correct", "cat", "ana", "s1"))
+    log.add(review_row(rows[7], "unusable", None, "ana", "s1"))
+    log.close()
+    summary = as_json("query", out, "--summary")
+    by_decision = {r["decision"]: r for r in summary["human_checked"]}
+    assert {d: (r["confirmed"], r["corrected"], r["unusable"], r["accuracy"]) for d, r in by_decision.items()} == {
+        "review": (2, 2, 0, 0.5), "accept": (1, 1, 1, 0.5), "all": (3, 3, 1, 0.5)}
+    assert (by_decision["accept"]["low95"], by_decision["accept"]["high95"]) == (0.0945, 0.9055)  # Wilson, 1 of 2
+    assert (by_decision["all"]["low95"], by_decision["all"]["high95"]) == (0.1876, 0.8124)        # 3 of 6
+    per_label = {(r["label"], r["decision"]): r["accuracy"] for r in summary["human_checked_per_label"]}
+    assert per_label[("cat", "all")] == 1.0 and per_label[("dog", "all")] == 0.0
+    (share,) = summary["reviewed_share"]
+    assert (share["rows"], share["reviewed"], share["review_queue"], share["queue_reviewed"]) == (10, 7, 4, 4)
+    truth = as_json("query", out, "--truth", "reviews")
+    assert [(r["compared"], r["correct"], r["accuracy"]) for r in truth["accuracy"]] == [(6, 3, 0.5)]

@@ -98,7 +98,10 @@ def test_every_corpus_file_ends_in_labels_or_errors_with_bounded_memory(corpus, 
     assert sizes["rotated.jpg"] == (240, 320) and sizes["large_photo.jpg"] == (8000, 5000)
 
 
-def test_sigkill_mid_run_then_resume_labels_each_input_exactly_once(sample_dir, checkpoint, tmp_path):
+def test_sigkill_mid_run_then_resume_labels_each_input_exactly_once_and_removes_the_leftovers(sample_dir, checkpoint,
+                                                                                              tmp_path):
+    """A killed run cannot remove its temp folders: a later run into the same output does, once they are a
+    day old, and leaves a younger one alone (it may belong to a run still going)."""
     bucket, out = tmp_path / "bucket", str(tmp_path / "out")
     bucket.mkdir()
     sources = sorted(glob.glob(f"{sample_dir}/train/*/*.jpg") + glob.glob(f"{sample_dir}/bucket/img_*.jpg"))
@@ -118,10 +121,18 @@ def test_sigkill_mid_run_then_resume_labels_each_input_exactly_once(sample_dir, 
             pq.read_metadata(f)
         if os.path.isdir(f"{out}/{table}"):
             ds.dataset(f"{out}/{table}", format="parquet", partitioning="hive").to_table()
+    leftovers = glob.glob(f"{out}/.beam-temp/*")
+    assert leftovers
+    day_ago = time.time() - 24 * 3600 - 60
+    for path in glob.glob(f"{out}/.beam-temp/**", recursive=True):
+        os.utime(path, (day_ago, day_ago))
+    live = f"{out}/.beam-temp/another-run-0123456789abcdef0123456789abcdef"  # young: maybe a concurrent run's
+    os.makedirs(live)
     row = run(LabelOptions(inputs=[f"{bucket}/*"], checkpoint=checkpoint, output=out, skip_existing=True))
     assert row["matched"] == 1200 and row["labeled"] + row["skipped"] == 1200
     uris = pq.read_table(glob.glob(f"{out}/labels/*/*.parquet"), partitioning=None).column("uri").to_pylist()
     assert len(uris) == len(set(uris)) == 1200
+    assert glob.glob(f"{out}/.beam-temp/*") == [live]
 
 
 ARENA_PROBE = """

@@ -2,11 +2,13 @@
 import base64
 import io
 import os
+import re
 import subprocess
 from html.parser import HTMLParser
 
 import pytest
 from click.testing import CliRunner
+from commands import invoke, one_line_error
 from outputs import error, label, write_images, write_output
 from PIL import Image, ImageStat
 
@@ -105,3 +107,44 @@ def test_report_reads_images_from_a_bucket_and_writes_the_page_there(gcs, tmp_pa
     result = CliRunner().invoke(main, ["report", out, "--html", "gs://alexlabel-report/report.html"])
     assert result.exit_code == 0, result.output
     assert gcs.cat("alexlabel-report/report.html").count(b'src="data:image/jpeg;base64,') == 1
+
+
+def test_errors_count_failed_files_unless_all_rows(tmp_path):
+    """Two runs (the second with --retry-errors) failed on the same two files: two files, four rows."""
+    out = write_output(str(tmp_path / "out"), [label("/x/a.jpg", "cat", 0.9)],
+                       [error(f"/x/{name}.jpg", run=run) for name in "ef" for run in ("r1", "r2")])
+    result = invoke("report", out, "--html", tmp_path / "r.html", "--review", 0)
+    assert result.exit_code == 0 and "0 rows to review, 2 errors" in result.output, result.output
+    assert "Errors: 2 files (latest row per uri and model version), showing 2" in (tmp_path / "r.html").read_text()
+    assert "4 errors" in invoke("report", out, "--html", tmp_path / "all.html", "--review", 0, "--all-rows").output
+    assert "Errors: 4 rows (every error row), showing 4" in (tmp_path / "all.html").read_text()
+
+
+def test_html_path_that_is_a_directory_is_refused_before_any_work(tmp_path):
+    (tmp_path / "dir").mkdir()
+    line = one_line_error(invoke("report", tmp_path / "missing", "--html", tmp_path / "dir"))
+    assert line == f"Error: --html {tmp_path}/dir is a directory; give the path of the file to write"
+    assert not list((tmp_path / "dir").iterdir())
+
+
+def test_the_report_names_the_review_app_and_shows_what_people_said(tmp_path):
+    from output_tools.reviews import ReviewLog, review_row
+
+    rows = [label(f"/x/{i}.jpg", "cat", 0.3 + 0.1 * i) for i in range(4)]  # two review rows, two accepted
+    out = write_output(str(tmp_path / "out"), rows)
+    assert invoke("report", out, "--html", tmp_path / "before.html", "--review", 0).exit_code == 0
+    before = Dom((tmp_path / "before.html").read_text())
+    assert f"alexlabel review {out}" in before.text and not before.find("table", id="human-checked")
+    log = ReviewLog(out, "s1")
+    for row, action in zip(rows, ("confirm", "correct", "confirm", "confirm"), strict=True):
+        log.add(review_row(row, action, "cat" if action == "confirm" else "dog", "ana", "s1"))
+    log.close()
+    assert invoke("report", out, "--html", tmp_path / "after.html", "--review", 0).exit_code == 0
+    page = (tmp_path / "after.html").read_text()
+    dom = Dom(page)
+    assert "What people said" in dom.text and dom.find("table", id="reviewed-share")
+    table = page.split('id="human-checked"')[1].split("</table>")[0]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)]
+    assert {tuple(row[1:6]) for row in rows if row} == {("accept", "2", "0", "0", "1"),
+                                                        ("review", "1", "1", "0", "0.5"),
+                                                        ("all", "3", "1", "0", "0.75")}

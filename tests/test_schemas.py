@@ -2,6 +2,7 @@
 import io
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ from PIL import Image
 
 from common.storage import resolve_uri
 from schemas.checkpoint import FORMAT_VERSION, CheckpointError, Manifest, load_checkpoint, save_checkpoint, sibling
-from schemas.tables import ERRORS, LABELS, RUNS, bigquery_schema
-from schemas.transform import ImageTooLarge, Preprocess, decode_image
+from schemas.images import ImageTooLarge, decode_image
+from schemas.tables import ERRORS, LABELS, TABLES, bigquery_schema
+from schemas.transform import Preprocess
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -189,10 +191,49 @@ def test_manifest_is_plain_json():
     assert Manifest.from_json(text) == small_manifest()
 
 
-def test_bigquery_schemas_cover_every_column():
-    for schema in (LABELS, ERRORS, RUNS):
-        bq = bigquery_schema(schema)
-        assert [f["name"] for f in bq] == schema.names
+# BigQuery's JSON schema form, as `bq mk --schema` and `bq load --schema` read it (a bare array of fields;
+# https://cloud.google.com/bigquery/docs/schemas#specifying_a_json_schema_file) and the REST API's TableFieldSchema
+# names its types and modes.
+BQ_KEYS = {"name", "type", "mode", "description", "fields"}
+BQ_TYPES = {"STRING", "BYTES", "INTEGER", "INT64", "FLOAT", "FLOAT64", "NUMERIC", "BIGNUMERIC", "BOOLEAN", "BOOL",
+            "TIMESTAMP", "DATE", "TIME", "DATETIME", "GEOGRAPHY", "JSON", "INTERVAL", "RANGE", "RECORD", "STRUCT"}
+BQ_MODES = {"NULLABLE", "REQUIRED", "REPEATED"}
+
+
+def assert_bigquery_schema(fields, where: str = "schema") -> None:
+    """Fail unless `fields` is a BigQuery JSON schema: a non-empty array of fields, each with a valid column name,
+    a type and a mode from BigQuery's lists, and `fields` (recursively the same) exactly when it is a RECORD."""
+    assert isinstance(fields, list) and fields, f"{where}: not a non-empty array of fields: {fields!r:.80}"
+    for f in fields:
+        assert isinstance(f, dict) and {"name", "type", "mode"} <= f.keys() <= BQ_KEYS, f"{where}: {f}"
+        assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,299}", f["name"]), f"{where}: column name {f['name']!r}"
+        assert f["type"] in BQ_TYPES and f["mode"] in BQ_MODES, f"{where}.{f['name']}: {f['type']} {f['mode']}"
+        assert ("fields" in f) == (f["type"] in ("RECORD", "STRUCT")), f"{where}.{f['name']}: fields iff RECORD"
+        if "fields" in f:
+            assert_bigquery_schema(f["fields"], f"{where}.{f['name']}")
+    names = [f["name"].lower() for f in fields]  # BigQuery column names ignore case
+    assert len(set(names)) == len(names), f"{where}: duplicate column names"
+
+
+def test_the_bigquery_check_takes_the_documented_form_only():
+    assert_bigquery_schema([{"name": "addresses", "type": "RECORD", "mode": "REPEATED", "description": "past",
+                             "fields": [{"name": "city", "type": "STRING", "mode": "NULLABLE"}]}])
+    field = {"name": "uri", "type": "STRING", "mode": "REQUIRED"}
+    for bad in ({"labels": [field]}, [], [{**field, "type": "RECORD"}], [{**field, "fields": [field]}],
+                [{**field, "type": "VARCHAR"}], [{**field, "mode": "OPTIONAL"}], [{**field, "nullable": False}],
+                [{**field, "name": "top-k"}], [field, {**field, "name": "URI"}], [{"name": "uri", "type": "STRING"}]):
+        with pytest.raises(AssertionError):
+            assert_bigquery_schema(bad)
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_bigquery_schema_of_every_table_is_the_documented_form(table):
+    bq = bigquery_schema(TABLES[table])
+    assert_bigquery_schema(bq, table)
+    assert [f["name"] for f in bq] == TABLES[table].names
+
+
+def test_bigquery_modes_follow_nullability_and_lists():
     labels = {f["name"]: f for f in bigquery_schema(LABELS)}
     assert labels["topk_labels"] == {"name": "topk_labels", "type": "STRING", "mode": "REPEATED"}
     assert labels["labeled_at"]["type"] == "TIMESTAMP" and labels["confidence"]["mode"] == "REQUIRED"

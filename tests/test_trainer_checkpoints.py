@@ -1,6 +1,8 @@
-"""Training checkpoints: exact --resume (at an epoch end, mid-epoch, after a crash) and the best-k files."""
+"""Training checkpoints: exact --resume (at an epoch end, mid-epoch, after a crash or Ctrl-C) and the best-k
+files."""
 import json
 import os
+import signal
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from click.testing import CliRunner
 import trainer.train
 from alexlabel.cli import main
 from schemas.checkpoint import load_checkpoint
-from trainer.train import TrainConfig, rank_best, train
+from trainer.train import Interrupted, TrainConfig, rank_best, train
 
 # 32 training images in batches of 8: 4 steps per epoch.
 SMALL = dict(arch="alexnet_small", arch_kwargs={"width": 8, "dropout": 0.0}, image_size=32, epochs=3, batch_size=8,
@@ -92,6 +94,30 @@ def test_save_every_steps_lets_a_crashed_run_resume_from_its_last_step(sample_di
     assert (state["epoch"], state["step"]) == (1, 2)  # step 6 of 8: the last multiple of 3 before the crash
     monkeypatch.setattr(trainer.train, "predict", real_predict)
     train(TrainConfig(data=sample_dir, output=out, save_every_steps=3, resume=True, **NOISY))
+    assert_same_training(uninterrupted["noisy"], out)
+
+
+def test_ctrl_c_saves_the_last_whole_step_and_resume_matches_the_uninterrupted_run(sample_dir, uninterrupted,
+                                                                                   tmp_path, monkeypatch):
+    steps = []
+
+    def ctrl_c_during_step_six(*args):
+        steps.append(1)
+        if len(steps) == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    real_step = trainer.train.train_step
+    monkeypatch.setattr(trainer.train, "train_step", ctrl_c_during_step_six)
+    out = str(tmp_path)
+    with pytest.raises(Interrupted) as stopped:
+        train(TrainConfig(data=sample_dir, output=out, **NOISY))
+    assert str(stopped.value) == f"interrupted: saved {out}/last.pt at epoch 2, step 2; continue with --resume"
+    assert len(steps) == 6 and signal.getsignal(signal.SIGINT) is signal.default_int_handler  # step 6 finished
+    state = json.loads(last(out)["state"])
+    assert (state["epoch"], state["step"]) == (1, 2)
+    monkeypatch.setattr(trainer.train, "train_step", real_step)
+    train(TrainConfig(data=sample_dir, output=out, resume=True, **NOISY))
     assert_same_training(uninterrupted["noisy"], out)
 
 

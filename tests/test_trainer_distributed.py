@@ -1,13 +1,15 @@
 """Data-parallel training on the CPU (gloo): `--nproc 2` trains like one process on the same global batches,
-both replicas end with the same weights, and a 2-process run resumes exactly."""
+both replicas end with the same weights, and a 2-process run resumes exactly, after Ctrl-C too."""
 import json
 import os
 import shutil
+import signal
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+import trainer.train
 from alexlabel.cli import main
 from schemas.checkpoint import load_checkpoint
 from schemas.transform import Preprocess
@@ -15,7 +17,7 @@ from trainer.data import list_image_folder, loader
 from trainer.distributed import spawn
 from trainer.evaluate import predict
 from trainer.models import build_model
-from trainer.train import TrainConfig, train
+from trainer.train import Interrupted, TrainConfig, train
 
 # Global batches of 8: 4 images per process and step.
 OPTIONS = ["--arch", "alexnet_small", "--width", "8", "--dropout", "0", "--image-size", "32", "--epochs", "2",
@@ -50,8 +52,11 @@ def test_two_processes_train_like_one_on_the_same_global_batches(sample_dir, tmp
     assert result.exit_code == 0, result.output
     manifest = load_checkpoint(str(out / "model.pt"))[1]
     assert f"wrote {out}/model.pt: val top-1 {manifest.metrics['val_top1']:.3f}" in result.output
-    printed = capfd.readouterr().out  # the spawned processes' own stdout: rank 0 alone prints
+    printed, warned = capfd.readouterr()  # the spawned processes' own stdout and stderr: rank 0 alone prints
     assert printed.count("x 2 processes; validating on 16") == 1
+    assert [line for line in warned.splitlines() if "processes" in line] == [
+        "warning: 2 training processes on one CPU are slower than one, which already uses every core; train in "
+        "one process (leave out --nproc)"]
     assert printed.count("epoch 1/2:") == 1 and printed.count("epoch 2/2:") == 1
     assert sorted(os.listdir(out)) == ["last.pt", "metrics.jsonl", "model.pt"]
     assert manifest.metrics["val_images"] == 16 and manifest.arch_kwargs == {"dropout": 0.0, "width": 8}
@@ -73,13 +78,16 @@ def test_two_processes_train_like_one_on_the_same_global_batches(sample_dir, tmp
     assert rows[-1]["val_loss"] == pytest.approx(val_loss_of(ddp, sample_dir), rel=1e-5)
 
 
-def test_two_process_run_resumes_mid_epoch_exactly(sample_dir, tmp_path):
-    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
-    manifest = spawn(train, TrainConfig(data=sample_dir, output=whole, **NOISY), 2)
-    assert manifest.model_version == load_checkpoint(f"{whole}/model.pt")[1].model_version  # rank 0's result
-    assert spawn(train, TrainConfig(data=sample_dir, output=parts, stop_after_steps=6, **NOISY), 2) is not None
-    assert json.loads(last(parts)["state"])["step"] == 2  # in epoch 2
-    spawn(train, TrainConfig(data=sample_dir, output=parts, resume=True, **NOISY), 2)
+@pytest.fixture(scope="module")
+def whole(sample_dir, tmp_path_factory) -> str:
+    """NOISY in 2 processes, start to finish in one go."""
+    out = str(tmp_path_factory.mktemp("whole"))
+    manifest = spawn(train, TrainConfig(data=sample_dir, output=out, **NOISY), 2)
+    assert manifest.model_version == load_checkpoint(f"{out}/model.pt")[1].model_version  # rank 0's result
+    return out
+
+
+def assert_same_run(whole: str, parts: str) -> None:
     a, b = last(whole), last(parts)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(ra["torch"], rb["torch"]) for ra, rb in zip(a["rng"], b["rng"], strict=True))
@@ -87,11 +95,44 @@ def test_two_process_run_resumes_mid_epoch_exactly(sample_dir, tmp_path):
     assert [r["val_loss"] for r in map(json.loads, open(f"{whole}/metrics.jsonl"))] == \
         [r["val_loss"] for r in map(json.loads, open(f"{parts}/metrics.jsonl"))]
 
+
+def test_two_process_run_resumes_mid_epoch_exactly(sample_dir, whole, tmp_path):
+    parts = str(tmp_path / "parts")
+    assert spawn(train, TrainConfig(data=sample_dir, output=parts, stop_after_steps=6, **NOISY), 2) is not None
+    assert json.loads(last(parts)["state"])["step"] == 2  # in epoch 2
+    spawn(train, TrainConfig(data=sample_dir, output=parts, resume=True, **NOISY), 2)
+    assert_same_run(whole, parts)
+
     result = CliRunner().invoke(main, ["train", "--data", sample_dir, "--output", parts, "--resume", *OPTIONS])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"Error: --resume: {parts}/last.pt does not fit this run's options (it was written by 2 processes, this "
         "run has 1); resume with the options it was trained with"]
+
+
+def train_with_ctrl_c_in_rank_1_during_step_6(cfg: TrainConfig):
+    """train(cfg), in a process of spawn's; the process of rank 1 sends itself Ctrl-C during its sixth step."""
+    real_step, steps = trainer.train.train_step, []
+
+    def step(t, *args):
+        steps.append(1)
+        if t.world.rank == 1 and len(steps) == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(t, *args)
+
+    trainer.train.train_step = step
+    return train(cfg)
+
+
+def test_ctrl_c_in_one_process_stops_all_at_the_same_step_and_resume_is_exact(sample_dir, whole, tmp_path):
+    parts = str(tmp_path / "parts")
+    with pytest.raises(Interrupted, match=f"^interrupted: saved {parts}/last.pt at epoch 2, step 2; continue with "
+                                          "--resume$"):
+        spawn(train_with_ctrl_c_in_rank_1_during_step_6, TrainConfig(data=sample_dir, output=parts, **NOISY), 2)
+    saved = last(parts)
+    assert len(saved["rng"]) == 2 and json.loads(saved["state"])["step"] == 2
+    spawn(train, TrainConfig(data=sample_dir, output=parts, resume=True, **NOISY), 2)
+    assert_same_run(whole, parts)
 
 
 def test_a_bad_option_in_the_processes_is_one_line(sample_dir, tmp_path):

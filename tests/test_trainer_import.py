@@ -5,6 +5,7 @@ import pytest
 import torch
 import torchvision
 from click.testing import CliRunner
+from commands import one_line_error
 
 from alexlabel.cli import main
 from schemas.checkpoint import load_checkpoint
@@ -74,3 +75,13 @@ def test_a_pickled_module_is_refused_without_running_it(tmp_path):
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1
     assert "holds objects other than tensors and was refused" in result.output
+
+
+def test_an_output_that_is_a_directory_is_refused_before_the_work(weights, tmp_path):
+    path, _ = weights
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    out = tmp_path / "models"
+    out.mkdir()
+    result = import_weights(path, "--classes", str(tmp_path / "classes.txt"), "--output", str(out))
+    assert one_line_error(result) == f"Error: --output {out} is a directory; give the path of the file to write"
+    assert list(out.iterdir()) == []  # no hidden temp file either

@@ -1,13 +1,14 @@
-"""The recipe really learns: on generated shapes the training loss falls and val top-1 clears a bar."""
+"""alexnet_small's default recipe really learns: on generated shapes the training loss falls and val top-1
+clears a bar."""
 import json
 import os
 
 from alexlabel.sample_data import CLASSES, write_sample_data
 from trainer.train import TrainConfig, train
 
-# About 15 s on 2 cores. Seeds 0-2 of the data reached val top-1 0.82-0.91 (chance: 1/8); the bar leaves margin.
-RECIPE = dict(arch="alexnet_small", arch_kwargs={"width": 24, "dropout": 0.0}, image_size=48, epochs=20,
-              batch_size=32, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1, workers=0, seed=0)
+# Only the network's size is given; the rest is alexnet_small's defaults (ARCH_DEFAULTS: AdamW, 20 epochs of 32).
+# About 15 s on 2 cores. Seeds 0-2 of the data reached val top-1 0.73-0.83 (chance: 1/8); the bar leaves margin.
+RECIPE = dict(arch="alexnet_small", arch_kwargs={"width": 24, "dropout": 0.0}, image_size=48, workers=0, seed=0)
 BAR = 0.6
 
 

@@ -7,19 +7,29 @@ import torch
 
 from common.devices import DEVICE_HELP, DEVICE_WORDS, pick_device
 from common.errors import UserError
-from common.storage import atomic_write_bytes
+from common.storage import atomic_write_bytes, check_output_file
 from trainer import distributed
-from trainer.data import eval_loader, list_image_folder
+from trainer.data import class_differences, class_folders, eval_loader, list_image_folder
 from trainer.distributed import World
 from trainer.evaluate import accuracy_report, format_confusion, predict
 from trainer.models import ARCHS, load_model
-from trainer.train import CHOICES, TrainConfig, train
+from trainer.train import ARCH_DEFAULTS, CHOICES, Interrupted, TrainConfig, train
 from trainer.weights import IMAGENET_EVAL, import_weights
 
 
 def words(option: str) -> str:
     """--help's a|b|c for an option TrainConfig.validate checks, so the CLI does not check it a second time."""
     return "|".join(CHOICES[option])
+
+
+def arch_default(option: str) -> str:
+    """--help's default of an option that depends on --arch, read from ARCH_DEFAULTS, e.g.
+    `[default: sgd for alexnet, alexnet2012; adamw for alexnet_small]`."""
+    archs_by_value = {}
+    for arch, defaults in ARCH_DEFAULTS.items():
+        archs_by_value.setdefault(defaults[option], []).append(arch)
+    listed = "; ".join(f"{value} for {', '.join(archs)}" for value, archs in archs_by_value.items())
+    return f"[default: {listed}]"
 
 
 @click.command("train")
@@ -32,28 +42,28 @@ def words(option: str) -> str:
 @click.option("--arch", type=click.Choice(sorted(ARCHS)), default="alexnet", show_default=True)
 @click.option("--width", type=int, help="Channel width of alexnet_small (default 64).")
 @click.option("--dropout", type=float, default=0.5, show_default=True)
-@click.option("--image-size", type=int, default=224, show_default=True, help="Crop size fed to the network.")
+@click.option("--image-size", type=int, help=f"Crop size fed to the network {arch_default('image_size')}.")
 @click.option("--resize", type=int, default=0, help="Shorter side before the eval center crop and the paper crop "
               "[default: image size * 256 / 224].")
 @click.option("--crop", metavar=words("crop"), default="random-resized", show_default=True,
               help="Training crop: random area/aspect, or the paper's random image-size crop after --resize.")
 @click.option("--pca-lighting", type=float, default=0.0, show_default=True,
               help="Std of AlexNet's PCA colour noise on training images (paper: 0.1); 0 is off.")
-@click.option("--epochs", type=int, default=90, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True,
-              help="Global batch: data-parallel processes each take an equal share of it.")
-@click.option("--optimizer", metavar=words("optimizer"), default="sgd", show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--epochs", type=int, help=arch_default("epochs"))
+@click.option("--batch-size", type=int, help="Global batch: data-parallel processes each take an equal share of it "
+              f"{arch_default('batch_size')}.")
+@click.option("--optimizer", metavar=words("optimizer"), help=arch_default("optimizer"))
+@click.option("--lr", type=float, help=arch_default("lr"))
+@click.option("--weight-decay", type=float, help=arch_default("weight_decay"))
 @click.option("--schedule", metavar=words("schedule"), default="cosine", show_default=True,
               help="cosine to 0; step: x --lr-gamma every --lr-step-epochs; plateau: x --lr-gamma when "
               "--plateau-metric stalls for --plateau-patience epochs.")
-@click.option("--warmup-epochs", type=float, default=0.0, show_default=True, help="Linear warmup before the schedule.")
+@click.option("--warmup-epochs", type=float, help=f"Linear warmup before the schedule {arch_default('warmup_epochs')}.")
 @click.option("--lr-step-epochs", type=float, default=30.0, show_default=True)
 @click.option("--lr-gamma", type=float, default=0.1, show_default=True)
 @click.option("--plateau-metric", metavar=words("plateau_metric"), default="val_loss", show_default=True)
 @click.option("--plateau-patience", type=int, default=5, show_default=True)
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--label-smoothing", type=float, help=arch_default("label_smoothing"))
 @click.option("--clip-grad-norm", type=float, default=0.0, show_default=True,
               help="Clip the global gradient norm to this; 0 is off.")
 @click.option("--amp", metavar=words("amp"), default="auto", show_default=True,
@@ -73,13 +83,23 @@ def words(option: str) -> str:
 @click.option("--stop-after-steps", type=int, default=0, show_default=True,
               help="End this run at batch N, counted over all epochs, with last.pt saved; --resume continues.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUTPUT/last.pt.")
+@click.option("--overwrite", is_flag=True, help="Train anew into an --output that holds a model.pt or last.pt, "
+              "replacing them.")
 def train_command(width, dropout, nproc, **kw):
     """Train an AlexNet classifier and export an inference checkpoint (OUTPUT/model.pt).
+
+    Options marked "for <arch>" default to that arch's recipe: the paper's SGD for alexnet and alexnet2012, the
+    demo's AdamW for alexnet_small. Ctrl-C stops at the next step with OUTPUT/last.pt saved, for --resume.
 
     Under torchrun, every process runs this command: `torchrun --nproc-per-node 8 $(which alexlabel) train ...`.
     """
     cfg = TrainConfig(arch_kwargs={"dropout": dropout, **({"width": width} if width else {})}, **kw)
-    manifest = distributed.spawn(train, cfg, nproc) if nproc > 1 else train(cfg)
+    try:
+        manifest = distributed.spawn(train, cfg, nproc) if nproc > 1 else train(cfg)
+    except Interrupted as e:
+        if World.from_env().main:
+            click.echo(str(e), err=True)
+        raise SystemExit(130) from None  # as a shell reports a command that Ctrl-C ended
     if not World.from_env().main:
         return
     if manifest is None:
@@ -102,6 +122,7 @@ def train_command(width, dropout, nproc, **kw):
 @click.option("--crop", type=int, default=IMAGENET_EVAL.crop, show_default=True, help="Eval center crop.")
 def import_weights_command(state_dict, arch, classes_file, output, resize, crop):
     """Wrap a state dict file (e.g. torchvision's ImageNet AlexNet weights) into a checkpoint to label with."""
+    check_output_file(output, "--output")
     try:
         preprocess = replace(IMAGENET_EVAL, resize=resize, crop=crop)
     except ValueError as e:
@@ -120,10 +141,15 @@ def import_weights_command(state_dict, arch, classes_file, output, resize, crop)
 @click.option("--workers", type=int, default=2, show_default=True)
 def evaluate_command(checkpoint, data, json_out, device, batch_size, workers):
     """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a labelled image folder."""
+    if json_out:
+        check_output_file(json_out, "--json")
     torch_device = pick_device(device)
     module, manifest = load_model(checkpoint)
     module = module.to(torch_device, memory_format=torch.channels_last)
-    _, samples = list_image_folder(data, manifest.class_names)
+    _, samples = list_image_folder(data, manifest.class_names, "the model")
+    if differences := class_differences(class_folders(data), manifest.class_names):
+        click.echo(f"note: the classes of {data} differ from the model's ({differences}); evaluating those in both",
+                   err=True)
     pre = manifest.preprocess
     logits, labels = predict(module, eval_loader(samples, pre, batch_size, workers),
                              pre, torch_device, torch.bfloat16 if torch_device.type == "cuda" else None)

@@ -16,7 +16,9 @@ from torchvision import transforms
 
 from common.errors import UserError, first_line
 from common.storage import has_extension, read_bytes, resolve_uri
-from schemas.transform import INTERPOLATIONS, Preprocess, decode_image, eval_tensor_from_bytes, to_uint8_tensor
+from common.views import training_rows
+from schemas.images import INTERPOLATIONS, decode_image
+from schemas.transform import Preprocess, eval_tensor_from_bytes, to_uint8_tensor
 
 CROPS = ("random-resized", "paper")
 # AlexNet's PCA of ImageNet RGB pixels scaled to [0, 1] (eigenvalues; eigenvectors as columns),
@@ -31,17 +33,34 @@ class DataError(UserError):
     """Training data that cannot be used; the message names the folder and the fix."""
 
 
-def list_image_folder(url: str, class_names: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
-    """Classes (sorted sub-folders, or the given order) and (uri, label_index) samples under `url`."""
+def class_folders(url: str) -> list[str]:
+    """The sorted names of the class folders under `url`."""
     fs, root = fsspec.core.url_to_fs(url)
     if not fs.isdir(root):
         raise DataError(f"data folder {url} does not exist; expect {url}/<class>/<image files>")
     found = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False) if fs.isdir(p))
-    classes = class_names or found
-    if not classes:
+    if not found:
         raise DataError(f"{url} has no class folders; expect {url}/<class>/<image files>")
+    return found
+
+
+def list_image_folder(url: str, class_names: list[str] | None = None,
+                      owner: str = "the training data") -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted sub-folders, or the given order) and (uri, label_index) samples under `url`.
+
+    Given class_names (those of `owner`, e.g. a model's), only their folders are read, each image labelled with
+    its class's index there: a subset of the classes is fine (class_differences names what differs for the
+    caller to report); no class in common is a DataError listing the differences.
+    """
+    fs, root = fsspec.core.url_to_fs(url)
+    folders = class_folders(url)
+    classes = class_names or folders
+    if not set(folders) & set(classes):
+        raise DataError(f"the classes of {url} differ from {owner}'s: {class_differences(folders, classes)}")
     samples = []
     for index, name in enumerate(classes):
+        if name not in folders:
+            continue
         files = sorted(p for p in fs.find(f"{root}/{name}") if has_extension(p))
         if not files:
             raise DataError(f"class folder {url}/{name} has no images; add images or remove the folder")
@@ -49,15 +68,34 @@ def list_image_folder(url: str, class_names: list[str] | None = None) -> tuple[l
     return classes, samples
 
 
+def class_differences(folders: list[str], class_names: list[str]) -> str:
+    """The classes that have no folder and the folders of no class, for one-line messages; empty if none."""
+    missing = [name for name in class_names if name not in folders]
+    extra = [name for name in folders if name not in class_names]
+    return "; ".join(f"{what} {listing(names)}" for what, names in (("missing", missing), ("extra", extra)) if names)
+
+
+def listing(names: list[str], limit: int = 10) -> str:
+    """Names for a one-line message: a thousand ImageNet classes would not be one."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def read_manifest(url: str, decision: str | None = None) -> list[tuple[str, str]]:
-    """(uri, label) rows of a CSV file, a Parquet file or a Parquet folder such as a labels table.
+    """(uri, label) rows of a CSV file, a Parquet file or folder such as a labels table, or a labeling output.
 
     Relative uris are taken relative to the manifest's folder (as in the sample set's bucket_truth.csv);
-    `decision` keeps only the rows with that decision (labels tables mark rows accept or review).
+    `decision` keeps only the rows with that decision (labels tables mark rows accept or review). An output
+    folder of `alexlabel label` gives what `alexlabel export` would: a person's label over the model's, rows
+    marked unusable left out, and people's rows whatever the decision.
     """
     fs, path = fsspec.core.url_to_fs(url)
     if not fs.exists(path):
         raise DataError(f"manifest {url} does not exist; pass a CSV or Parquet file (or folder) of uri,label")
+    if fs.isdir(path) and fs.exists(f"{path}/runs"):
+        if not (rows := training_rows(url, decision=decision)):
+            raise DataError(f"output {url} has no rows to train on" + (f" with decision {decision!r}" if decision
+                                                                       else ""))
+        return [(uri, label) for uri, label, *_ in rows]
     try:
         if path.lower().endswith(".csv"):
             with fs.open(path, "rb") as f:

@@ -7,7 +7,10 @@ for N processes on this machine, so both launchers reach the same code.
 """
 import logging
 import os
+import signal
 import socket
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +95,8 @@ def all_gather(obj) -> list:
 def spawn(fn, arg, nproc: int):
     """fn(arg) in `nproc` processes on this machine, as torchrun would start them; returns rank 0's result.
 
-    A UserError in any process comes back as one UserError here; other failures raise with their traceback.
+    A UserError or KeyboardInterrupt in any process is raised here as it was (training's Ctrl-C stop says where
+    it saved); other failures raise with their traceback. Ctrl-C here is passed on to the processes.
     """
     if "WORLD_SIZE" in os.environ:
         raise UserError("--nproc starts its own processes; under torchrun leave --nproc out")
@@ -102,14 +106,29 @@ def spawn(fn, arg, nproc: int):
     processes = mp.spawn(_process, (fn, arg, nproc, _free_port(), results), nprocs=nproc, join=False)
     messages = []
     try:
-        while not processes.join(timeout=0.5):
-            messages += _drain(results)  # as they come: a writer blocked on a full pipe would never exit
+        with on_ctrl_c(lambda: [os.kill(p.pid, signal.SIGINT) for p in processes.processes if p.is_alive()]):
+            while not processes.join(timeout=0.5):
+                messages += _drain(results)  # as they come: a writer blocked on a full pipe would never exit
     except mp.ProcessExitedException:
         errors = [value for kind, value in messages + _drain(results) if kind == "error"]
         if not errors:
             raise
-        raise UserError(errors[0]) from None
+        raise errors[0] from None
     return dict(messages + _drain(results))["result"]
+
+
+@contextmanager
+def on_ctrl_c(handler):
+    """Within the block, Ctrl-C (SIGINT) calls handler() instead of raising KeyboardInterrupt. Signals reach
+    the main thread only: in any other, Ctrl-C is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: handler())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _drain(queue) -> list:
@@ -124,8 +143,8 @@ def _process(local_rank: int, fn, arg, nproc: int, port: int, results) -> None:
                       LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
         value = fn(arg)
-    except UserError as e:
-        results.put(("error", str(e)))
+    except (UserError, KeyboardInterrupt) as e:
+        results.put(("error", e))
         raise SystemExit(1) from None
     if local_rank == 0:
         results.put(("result", value))

@@ -21,7 +21,8 @@ def predict(model: torch.nn.Module, loader, pre: Preprocess, device: torch.devic
 
 
 def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
-    """Top-1, top-5, per-class accuracy and the confusion matrix (rows = truth, columns = prediction)."""
+    """Top-1, top-5, per-class accuracy (of the classes that have images) and the confusion matrix (rows = truth,
+    columns = prediction)."""
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     pred = top[:, 0]
@@ -29,11 +30,12 @@ def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, class_names: lis
     confusion = torch.zeros(n, n, dtype=torch.long)
     confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
     per_class = confusion.diag().float() / confusion.sum(1).clamp(min=1)
+    present = confusion.sum(1) > 0
     return {
         "images": int(len(labels)),
         "top1": float((pred == labels).float().mean()),
         "top5": float((top == labels[:, None]).any(1).float().mean()),
-        "per_class": {name: float(acc) for name, acc in zip(class_names, per_class, strict=False)},
+        "per_class": {name: float(acc) for name, acc, has in zip(class_names, per_class, present, strict=True) if has},
         "confusion": confusion.tolist(),
     }
 

@@ -1,0 +1,113 @@
+"""An output folder's tables as every reader agrees to read them: DuckDB views over the Parquet files.
+
+    labels, errors, runs,  every row (with a model version given, only that version's partition)
+    reviews
+    latest                 the latest row per (uri, model_version): greatest labeled_at, ties to the greater run_id
+    latest_errors          the same rule over errors (greatest `at`), less the files labeled after they failed
+    analyzed, failed       what the analyses read: `latest` and `latest_errors`, or `labels` and `errors`
+                           when asked for all rows
+    reviewed               the latest human decision per (uri, model_version), undone ones left out
+    training               what retraining learns from (TRAINING_ROWS)
+
+Why `latest`: labeling the same images again (a rerun without --skip-existing, --retry-errors) adds rows,
+and counts, accuracy, review queues and error counts are about images, not attempts: a file that failed in
+two runs is one failed file, and one a --retry-errors run then labeled has not failed. Another model
+version's rows are kept: comparing versions is the point of keeping them.
+
+The output tools (query, report, export, review) and the trainer (`--data-manifest OUT`) all read through
+here, so a person's verdict means the same everywhere.
+"""
+import duckdb
+import fsspec
+
+from common.errors import UserError
+from common.storage import glob_urls, is_local
+from schemas.tables import TABLES
+
+# The latest human decision per (uri, model_version). Within a review session the last row is its verdict (an
+# undo row withdraws the one before it), so undone decisions drop out and an earlier session's verdict stands.
+REVIEWED = """SELECT * FROM (SELECT * FROM reviews
+                             QUALIFY row_number() OVER (PARTITION BY uri, model_version, session_id
+                                                        ORDER BY reviewed_at DESC) = 1)
+              WHERE action <> 'undo'
+              QUALIFY row_number() OVER (PARTITION BY uri, model_version
+                                         ORDER BY reviewed_at DESC, session_id DESC) = 1"""
+LATEST = """SELECT * FROM labels
+            QUALIFY row_number() OVER (PARTITION BY uri, model_version ORDER BY labeled_at DESC, run_id DESC) = 1"""
+LATEST_ERRORS = """SELECT * FROM errors e
+                   WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.uri = e.uri AND l.model_version = e.model_version
+                                                              AND l.labeled_at > e."at")
+                   QUALIFY row_number() OVER (PARTITION BY uri, model_version ORDER BY "at" DESC, run_id DESC) = 1"""
+
+
+class NoOutput(UserError):
+    """An output URL that holds no alexlabel tables, or not the model version asked for."""
+
+
+def connect(output: str, model: str | None = None, all_rows: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views above; fsspec serves gs:// and other remote URLs. The views name
+    the files there now: rows written later are not in them."""
+    con = duckdb.connect()
+    output = output.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(output)
+    if not is_local(fs):
+        con.register_filesystem(fs)
+    if not fs.exists(root):
+        raise NoOutput(f"{output} does not exist; give the folder or URL that `alexlabel label --output` wrote")
+    if not fs.exists(f"{root}/runs"):
+        raise NoOutput(f"{output} holds no alexlabel runs; run `alexlabel label --output {output}` first")
+    if model and model not in (found := partition_versions(output)):
+        raise NoOutput(f"{output} has no rows of model version {model} (it has: {', '.join(found) or 'none'})")
+    for table, schema in TABLES.items():
+        files = glob_urls(f"{output}/{table}/model={model}/*.parquet" if model else f"{output}/{table}/*/*.parquet")
+        if files:
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{', '.join(map(literal, files))}], "
+                        "hive_partitioning=false, union_by_name=true)")
+        else:
+            con.register(table, schema.empty_table())
+    con.execute(f"CREATE VIEW latest AS {LATEST}")
+    con.execute(f"CREATE VIEW reviewed AS {REVIEWED}")
+    con.execute(f"CREATE VIEW latest_errors AS {LATEST_ERRORS}")
+    con.execute(f"CREATE VIEW analyzed AS SELECT * FROM {'labels' if all_rows else 'latest'}")
+    con.execute(f"CREATE VIEW failed AS SELECT * FROM {'errors' if all_rows else 'latest_errors'}")
+    return con
+
+
+def partition_versions(output: str) -> list[str]:
+    """Model versions with a partition in any table, from the folder names alone."""
+    fs, root = fsspec.core.url_to_fs(output.rstrip("/"))
+    return sorted({p.rsplit("model=", 1)[1] for p in fs.glob(f"{root}/*/model=*")})
+
+
+def label_versions(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Model versions of the analyzed label rows, most recently labeled first."""
+    rows = con.sql("SELECT model_version FROM analyzed GROUP BY 1 ORDER BY max(labeled_at) DESC, 1").fetchall()
+    return [v for (v,) in rows]
+
+
+def literal(value: str) -> str:
+    """A SQL string literal (for views, which take no parameters)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+# The rows to retrain on: the model's label, or a person's where one decided; those people marked unusable
+# left out. Checked rows pass whatever the filters; $1 (a decision), $2 (a minimum confidence) and $3 (checked
+# rows only) choose among the rest.
+TRAINING_ROWS = """SELECT uri, coalesce(r.reviewed_label, a.label) AS label, confidence, decision, model_version,
+                          r.action IS NOT NULL AS reviewed
+                   FROM analyzed a LEFT JOIN reviewed r USING (uri, model_version)
+                   WHERE coalesce(r.action, '') <> 'unusable'
+                     AND (r.action IS NOT NULL OR (NOT $3 AND ($1 IS NULL OR decision = $1)
+                                                   AND confidence >= coalesce($2, 0)))
+                   ORDER BY uri"""
+
+
+def training_rows(output: str, model: str | None = None, decision: str | None = None,
+                  min_confidence: float | None = None, reviewed_only: bool = False) -> list[tuple]:
+    """(uri, label, confidence, decision, model_version, reviewed) of one model version's rows to retrain on;
+    refuses to mix model versions silently."""
+    con = connect(output, model)
+    if len(versions := label_versions(con)) > 1:
+        raise NoOutput(f"{output} holds labels of {len(versions)} model versions ({', '.join(versions)}); "
+                       "pick one with --model")
+    return con.execute(TRAINING_ROWS, [decision, min_confidence, reviewed_only]).fetchall()
