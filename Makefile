@@ -47,7 +47,7 @@ $(LS_VENV)/bin/label-studio:
 # Its database with every migration applied, made once: a server started on a copy is up in ~10 s, not ~80.
 $(LS_VENV)/migrated/label_studio.sqlite3: $(LS_VENV)/bin/label-studio
 	rm -rf $(LS_VENV)/migrating $(LS_VENV)/migrated
-	LABEL_STUDIO_BASE_DATA_DIR=$(abspath $(LS_VENV))/migrating LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false \
+	LABEL_STUDIO_BASE_DATA_DIR=$(abspath $(LS_VENV))/migrating LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false SENTRY_DSN= \
 		$(LS_VENV)/bin/django-admin migrate -v 0 --no-color --settings=label_studio.core.settings.label_studio \
 		--pythonpath="$$($(LS_VENV)/bin/python -c 'import label_studio, os; print(os.path.dirname(label_studio.__file__))')"
 	mv $(LS_VENV)/migrating $(LS_VENV)/migrated

@@ -39,7 +39,8 @@ def run_demo(workdir: str, seed: int = 0, epochs: int | None = None) -> dict:
     click.echo(f"demo done in {time.perf_counter() - t0:.0f}s: val top-1 {manifest.metrics['val_top1']:.3f}, "
                f"bucket accuracy {accuracy:.3f}, {run['errored']} broken files in errors, "
                f"{run['images_per_second']:.1f} images/s. Try: alexlabel query {labels} --sql "
-               "\"SELECT uri, label, confidence FROM labels ORDER BY confidence LIMIT 5\"")
+               "\"SELECT uri, label, confidence FROM labels ORDER BY confidence LIMIT 5\", or review the "
+               f"uncertain ones in your browser: alexlabel review {labels}")
     return {"val_top1": manifest.metrics["val_top1"], "bucket_accuracy": accuracy, "run": run, "labels": labels}
 
 

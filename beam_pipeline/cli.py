@@ -6,6 +6,7 @@ import click
 from beam_pipeline.heap import bound_heap
 from beam_pipeline.options import PRECISIONS, RUNNERS, LabelOptions
 from common.devices import DEVICE_HELP, DEVICE_WORDS
+from common.interrupt import exits_130
 from common.storage import IMAGE_EXTENSIONS
 
 
@@ -56,22 +57,23 @@ from common.storage import IMAGE_EXTENSIONS
 @click.option("--window-seconds", type=float, default=60.0, show_default=True,
               help="Streaming: rows are written once per window of this length.")
 @click.option("--watch-model", default="", help="Streaming: checkpoint pattern; the newest match replaces the model.")
-@click.option("--watch", "watch_seconds", type=float, default=0.0,
+@click.option("--watch", type=float, metavar="SECONDS",
               help="Local: keep labeling new files, polling every SECONDS (resume-based; Ctrl-C stops).")
 @click.option("--dry-run", is_flag=True,
               help="Print the resolved Beam options (and build + translate a Dataflow job) without running.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-def label_command(inputs, input_lists, extensions, beam_args, watch_seconds, **kw):
+def label_command(inputs, input_lists, extensions, beam_args, **kw):
     """Label every image the --input patterns match; write Parquet tables under --output.
 
     Extra arguments after the options go to Beam as they are (e.g. --direct_num_workers=2).
     """
     bound_heap()  # before Beam and torch start threads: glibc never retires an arena once made
-    from beam_pipeline.failures import Interrupted
     from beam_pipeline.launch import dry_run, launch_streaming, run  # loads Beam and torch
+    from trainer.cli import resolve_checkpoint
 
     opts = LabelOptions(inputs=list(inputs), input_lists=list(input_lists), beam_args=list(beam_args),
-                        extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()), **kw)
+                        extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()), **kw).validate()
+    opts.checkpoint = resolve_checkpoint(opts.checkpoint)
     if opts.dry_run:
         flags, transforms = dry_run(opts)
         click.echo(json.dumps({"run_id": opts.run_id, "runner": opts.runner, "beam_options": flags,
@@ -81,21 +83,19 @@ def label_command(inputs, input_lists, extensions, beam_args, watch_seconds, **k
     if opts.streaming:
         click.echo(f"streaming job {launch_streaming(opts)} submitted; it runs until drained or cancelled")
         return
-    if watch_seconds:
-        watch_until_ctrl_c(opts, watch_seconds)
+    if opts.watch:
+        watch_until_ctrl_c(opts)
         return
-    try:
+    with exits_130():
         echo_run(run(opts))
-    except Interrupted as e:
-        click.echo(str(e), err=True)
-        raise SystemExit(130) from None  # as a shell reports a command that Ctrl-C ended
 
 
-def watch_until_ctrl_c(opts: LabelOptions, every_seconds: float) -> None:
+def watch_until_ctrl_c(opts: LabelOptions) -> None:
     """--watch: a line per labeling round; Ctrl-C, its way out, ends it with a summary of the rounds (status 0)."""
-    from beam_pipeline.launch import watch
+    from beam_pipeline.launch import check_watch, watch
 
-    click.echo(f"watching {' '.join(opts.inputs)} every {every_seconds:g}s; Ctrl-C stops")
+    check_watch(opts)
+    click.echo(f"watching {' '.join(opts.inputs)} every {opts.watch:g}s; Ctrl-C stops")
     rounds = []
 
     def on_round(row):
@@ -104,7 +104,7 @@ def watch_until_ctrl_c(opts: LabelOptions, every_seconds: float) -> None:
             echo_run(row)
 
     try:
-        watch(opts, every_seconds, on_round=on_round)
+        watch(opts, on_round=on_round)
     except KeyboardInterrupt as e:  # a round in progress stops as a run does, and says how far it got
         if str(e):
             click.echo(str(e), err=True)

@@ -4,8 +4,6 @@ stops a local run: the workers finish what they hold, and it ends as a run does.
 import contextlib
 import errno
 import logging
-import os
-import signal
 import sys
 import threading
 
@@ -87,50 +85,9 @@ def disk_full_is_a_user_error(opts: LabelOptions):
             handler.removeFilter(hide)
 
 
-STOPPING = threading.Event()  # set by Ctrl-C during a local run: its workers take no new image
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a local run; the message is the one line that says how far it got."""
+STOPPING = threading.Event()  # set by Ctrl-C during a local run (launch.run): its workers take no new image
 
 
 def not_stopping(_) -> bool:
     """The job's filter in front of PrepareImages: after Ctrl-C, every input not yet taken is left for a rerun."""
     return not STOPPING.is_set()
-
-
-@contextlib.contextmanager
-def ctrl_c_stops_the_workers(local: bool):
-    """Within the block, the first Ctrl-C sets STOPPING instead of raising KeyboardInterrupt; the second exits
-    at once with status 130.
-
-    A KeyboardInterrupt would unwind the main thread while Beam's worker threads go on running torch, and the
-    interpreter's exit under them aborts the process (SIGABRT: `terminate called without an active exception`)
-    with their temp files left behind. Instead the workers let no new input through (not_stopping) and
-    finish the images they hold, so the job ends as any job does: Beam renames the finished shards into the
-    tables and removes its temp files; the caller then says how far the run got. The second Ctrl-C leaves its
-    temp files to a later run's tidy_temp. Only the main thread receives signals, and only local runs have
-    their workers in this process: elsewhere Ctrl-C keeps its default.
-    """
-    if not local or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, _stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        STOPPING.clear()
-
-
-def _stop(signum, frame):
-    STOPPING.set()
-    signal.signal(signal.SIGINT, _exit_at_once)
-
-
-def _exit_at_once(signum, frame):
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a handler may interrupt a write to the same stream
-            stream.flush()
-    os.write(2, b"stopped at once; rerun with --skip-existing to continue\n")
-    os._exit(130)  # no interpreter exit, which would abort under workers still running torch

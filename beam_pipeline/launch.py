@@ -4,6 +4,7 @@ After a batch run it reads back the Parquet row counts, checks matched == labele
 and writes the one-row runs table. `watch` repeats batch runs for local streaming; `launch_streaming`
 submits the unbounded job to Dataflow.
 """
+import contextlib
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -12,13 +13,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline.failures import STOPPING, Interrupted, ctrl_c_stops_the_workers, disk_full_is_a_user_error
+from beam_pipeline.failures import STOPPING, disk_full_is_a_user_error
 from beam_pipeline.model_handler import check_checkpoint, drop_kept
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.pipeline import build, build_streaming, make_pipeline
 from beam_pipeline.read import check_uri_list, count_matches, matched_uris
 from beam_pipeline.rows import run_row
 from beam_pipeline.write import check_writable, count_rows, make_table_folders, run_files, tidy_temp, write_run_row
+from common.interrupt import Interrupted, ctrl_c_sets
 from schemas.checkpoint import Manifest, checkpoint_file
 
 
@@ -26,19 +28,25 @@ class AccountingError(RuntimeError):
     """matched != labeled + errors: some input went missing, which must never happen silently."""
 
 
-def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
-    """Check everything a job needs before it starts; returns the manifest and the files resume skips.
+def check(opts: LabelOptions, keep: bool) -> Manifest:
+    """The options, the checkpoint (loaded as a worker would; with `keep`, left for this process's workers),
+    the storage options and the input lists; returns the manifest.
 
     A GPU is checked where the model runs: here for local runners, on the workers for Dataflow.
     """
     opts.validate()
     opts.checkpoint = checkpoint_file(opts.checkpoint)
     local = opts.runner == "DirectRunner"
-    manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision,
-                                keep=local and not opts.dry_run)
+    manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision, keep=keep)
     FileSystems.set_options(PipelineOptions(opts.beam_flags()))  # e.g. credentials for the launcher's own match
     for url in opts.input_lists:
         check_uri_list(url)
+    return manifest
+
+
+def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
+    """Check everything a job needs before it starts; returns the manifest and the files resume skips."""
+    manifest = check(opts, keep=opts.runner == "DirectRunner" and not opts.dry_run)
     if opts.inputs and not opts.streaming and not count_matches(opts.inputs, opts.extensions):
         raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
                          "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
@@ -80,8 +88,16 @@ def launch_streaming(opts: LabelOptions) -> str:
     return getattr(result, "job_id", lambda: opts.run_id)()
 
 
-def watch(opts: LabelOptions, every_seconds: float, rounds: int | None = None, on_round=None) -> list[dict]:
-    """Local streaming: label what is new, wait, repeat; built on resume, so each input is labeled once.
+def check_watch(opts: LabelOptions) -> None:
+    """What a --watch needs, checked once before its first round: an idle watch starts no run, so a bad option,
+    checkpoint or --output would otherwise go unnoticed until the first new file arrives."""
+    check(opts, keep=False)
+    check_writable(opts.output)
+
+
+def watch(opts: LabelOptions, rounds: int | None = None, on_round=None) -> list[dict]:
+    """Local streaming: label what is new, wait opts.watch seconds, repeat; built on resume, so each input is
+    labeled once. Check it first (check_watch).
 
     A labeling run starts only when the inputs hold URIs not seen before, so an idle watch writes
     nothing. `rounds` bounds the loop (forever when None); `on_round(row or None)` follows each round.
@@ -97,16 +113,24 @@ def watch(opts: LabelOptions, every_seconds: float, rounds: int | None = None, o
             on_round(row)
         done_rounds += 1
         if rounds is None or done_rounds < rounds:
-            time.sleep(every_seconds)
+            time.sleep(opts.watch or 0)
     return rows
 
 
 def run(opts: LabelOptions) -> dict:
     """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/).
 
-    Ctrl-C stops a local run early (failures.ctrl_c_stops_the_workers): what its workers finished is
-    committed, no runs row is written, and Interrupted says how many inputs are done."""
-    with ctrl_c_stops_the_workers(opts.runner == "DirectRunner"):
+    Ctrl-C stops a local run early: what its workers finished is committed, no runs row is written, and
+    Interrupted says how many inputs are done. The first Ctrl-C sets STOPPING: the workers let no new input
+    through (failures.not_stopping) and finish the images they hold, so the job ends as any job does (Beam
+    renames the finished shards into the tables and removes its temp files). A KeyboardInterrupt instead
+    would unwind this thread while Beam's worker threads go on running torch, and the interpreter's exit under
+    them aborts the process (SIGABRT) with their temp files left behind. The second Ctrl-C exits at once and
+    leaves its temp files to a later run's tidy_temp. Only local runs have their workers in this process:
+    elsewhere Ctrl-C keeps its default.
+    """
+    stop_line = "stopped at once; rerun with --skip-existing to continue"
+    with ctrl_c_sets(STOPPING, stop_line) if opts.runner == "DirectRunner" else contextlib.nullcontext():
         try:
             manifest, done = prepare(opts)
             tidy_temp(opts.output)

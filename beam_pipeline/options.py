@@ -2,13 +2,12 @@
 pipeline options it maps to (DirectRunner locally; DataflowRunner with GPU workers at scale)."""
 import json
 import os
-import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from common.devices import device_name, pick_device
 from common.errors import UserError
+from common.ids import new_id
 from common.storage import IMAGE_EXTENSIONS, canonical_uri
 
 RUNNERS = ("DirectRunner", "DataflowRunner")
@@ -59,6 +58,7 @@ class LabelOptions:
     poll_seconds: float = 60.0        # how often to poll the input patterns and --watch-model
     window_seconds: float = 60.0      # streaming rows are written once per fixed window
     watch_model: str = ""             # checkpoint pattern; the newest match replaces the model in place
+    watch: float | None = None        # local streaming: label what is new under --input every this many seconds
     dry_run: bool = False             # print the resolved options (and translate a Dataflow job), submit nothing
     beam_args: list[str] = field(default_factory=list)
 
@@ -82,6 +82,8 @@ class LabelOptions:
         low, high = self.batch_sizes()
         if not 1 <= low <= high:
             raise UsageError(f"batch sizes need 1 <= min <= max, got min={low} max={high}")
+        if self.watch is not None:
+            self._validate_watch()
         if (self.notifications or self.watch_model) and not self.streaming:
             raise UsageError("--notifications and --watch-model belong to streaming jobs; add --streaming "
                              "(or use --watch SECONDS to poll locally)")
@@ -103,8 +105,18 @@ class LabelOptions:
         self.inputs = [canonical_uri(p) for p in self.inputs]
         self.input_lists = [canonical_uri(p) for p in self.input_lists]
         self.output, self.checkpoint = canonical_uri(self.output), canonical_uri(self.checkpoint)
-        self.run_id = self.run_id or new_run_id()
+        self.run_id = self.run_id or new_id()
         return self
+
+    def _validate_watch(self) -> None:
+        """A watch polls the --input patterns: a list is never polled (the watch would wait forever, labeling
+        nothing); nor is a streaming job, which runs on Dataflow; and a negative wait fails after the first round."""
+        if self.watch <= 0:
+            raise UsageError(f"--watch SECONDS must be positive, got {self.watch:g}")
+        if self.input_lists:
+            raise UsageError("--watch polls the --input patterns for new files; label an --input-list without --watch")
+        if self.streaming:
+            raise UsageError("--watch labels new files locally and --streaming on Dataflow; give one")
 
     def _resolve_device(self) -> str:
         """cpu or cuda. auto means where the model will run: this machine's GPU for local runners; on
@@ -182,8 +194,3 @@ class LabelOptions:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
-
-
-def new_run_id() -> str:
-    """Sortable by start time, unique across concurrent launches."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"

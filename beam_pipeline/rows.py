@@ -74,9 +74,10 @@ def error_row(image: ImageFile, failure: Failure, model_version: str, run_id: st
 
 def run_row(opts: LabelOptions, model_version: str, counts: dict[str, int], started: datetime,
             wall_seconds: float) -> dict:
-    """`counts`: matched, labeled, errored, skipped."""
-    return {"run_id": opts.run_id, "model_version": model_version, "checkpoint": opts.checkpoint,
-            "inputs": list(opts.inputs), "output": opts.output, "runner": opts.runner, **counts,
+    """`counts`: matched, labeled, errored, skipped. The checkpoint, the patterns and the options are redacted: a
+    signed URL among them carries a credential."""
+    return {"run_id": opts.run_id, "model_version": model_version, "checkpoint": redact(opts.checkpoint),
+            "inputs": [redact(p) for p in opts.inputs], "output": opts.output, "runner": opts.runner, **counts,
             "wall_seconds": wall_seconds,
             "images_per_second": (counts["labeled"] + counts["errored"]) / wall_seconds, "started_at": started,
             "finished_at": datetime.now(UTC), "options_json": redact(opts.to_json())}

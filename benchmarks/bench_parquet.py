@@ -1,8 +1,8 @@
 """`make bench-parquet` (part of `make bench`): what the tables' compression costs and saves.
 
 1. Size per million label rows: a million realistic rows (top-5 of 1,000 classes, ImageNet-style gs:// uris,
-   real sha256 digests) through the pipeline's own Parquet sink (beam_pipeline/write.py's WriteToParquet,
-   its record batches and row groups), once per codec: uncompressed (Beam's default), snappy, zstd.
+   real sha256 digests) through the pipeline's own WriteTable (Beam's Parquet sink with our record batches
+   and row groups) in a Beam pipeline, once per codec: uncompressed (Beam's default), snappy, zstd.
 2. Labeling speed with each: the whole `alexlabel label` process on the same JPEGs, uncompressed and zstd in
    turns (the machine's speed drifts), the codec swapped in the process before the job is built.
 
@@ -21,19 +21,20 @@ from datetime import UTC, datetime
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from bench_label import make_model, run_measured
 from make_images import ensure_images
 
-from schemas.tables import TABLES
+import beam_pipeline.write as write
 
 CODECS = ("none", "snappy", "zstd")
 CLASSES = [f"n{i:08d}" for i in range(1000)]  # ImageNet's synset ids look like this
 
 
-def label_rows(n: int, seed: int = 0):
+def label_rows(start: int, n: int):
     """n label rows as the pipeline builds them (dicts), with values shaped like a real ImageNet run's."""
-    rng = np.random.default_rng(seed)
-    for i in range(n):
+    rng = np.random.default_rng(start)
+    for i in range(start, start + n):
         conf = sorted(rng.dirichlet(np.full(5, 0.3)).astype(np.float32).tolist(), reverse=True)
         idx = rng.choice(1000, 5, replace=False).tolist()
         synset = CLASSES[int(rng.integers(1000))]
@@ -47,17 +48,21 @@ def label_rows(n: int, seed: int = 0):
                "labeled_at": datetime(2026, 12, 1, tzinfo=UTC)}
 
 
-def sink_size(rows: list[dict], codec: str, folder: str) -> dict:
-    """Bytes and seconds of writing `rows` through the pipeline's own sink object with `codec`."""
-    sink = beam.io.WriteToParquet(f"{folder}/labels", TABLES["labels"], codec=codec, file_name_suffix=".parquet",
-                                  record_batch_size=256)._sink
-    path = f"{folder}/labels-{codec}.parquet"
+def sink_size(rows: int, codec: str, folder: str) -> dict:
+    """Bytes and seconds of writing `rows` label rows through the pipeline's WriteTable with `codec`."""
+    out = os.path.abspath(os.path.join(folder, codec))  # as the label command makes --output
+    os.system(f"rm -rf {out}")
+    write.CODEC = codec  # read when WriteTable expands
+    write.make_table_folders(out, "0123456789ab")
     t0 = time.perf_counter()
-    handle = sink.open(path)
-    for row in rows:
-        sink.write_record(handle, row)
-    sink.close(handle)
-    return {"bytes": os.path.getsize(path), "write_s": round(time.perf_counter() - t0, 2)}
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        (p
+         | beam.Create(range(0, rows, 10_000))
+         | beam.FlatMap(lambda start: label_rows(start, min(10_000, rows - start)))
+         | write.WriteTable(out, "labels", "0123456789ab", "bench"))
+    files = glob.glob(f"{out}/labels/*/*.parquet")
+    return {"bytes": sum(os.path.getsize(f) for f in files), "write_s": round(time.perf_counter() - t0, 2),
+            "files": len(files), "row_groups": sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)}
 
 
 def label_once(images_dir: str, checkpoint: str, out: str, codec: str) -> dict:
@@ -81,16 +86,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", default="bench-out")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     folder = os.path.join(args.workdir, "parquet")
     os.makedirs(folder, exist_ok=True)
-    rows = list(label_rows(args.rows))
     per_million = 1_000_000 / args.rows
-    sizes = {codec: sink_size(rows, codec, folder) for codec in CODECS}
+    sizes = {codec: sink_size(args.rows, codec, folder) for codec in CODECS}
     for codec, size in sizes.items():
         size["mib_per_million_rows"] = round(size["bytes"] * per_million / 2**20, 1)
         print(f"{codec:>6}: {size['mib_per_million_rows']:7.1f} MiB per million label rows, written in "
               f"{size['write_s']} s", flush=True)
-    del rows
 
     images_dir = os.path.join(args.workdir, f"images-{args.images}")
     ensure_images(images_dir, args.images)

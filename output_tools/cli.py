@@ -1,5 +1,5 @@
-"""`alexlabel query`, `report`, `export` and `schema`: the tools over the output tables (no Beam, no torch
-to start: each command imports what it uses when it runs)."""
+"""`alexlabel query`, `report`, `export`, `review`, `import-reviews` and `schema`: the tools over the output
+tables (no Beam, no torch to start: each command imports what it uses when it runs)."""
 import json
 
 import click
@@ -9,8 +9,8 @@ from schemas.tables import TABLES, bigquery_schema
 
 @click.command("query")
 @click.argument("output")
-@click.option("--sql", help="Any DuckDB SQL over the views labels, errors, runs, latest, latest_errors, analyzed "
-                             "and failed.")
+@click.option("--sql", help="Any DuckDB SQL over the views labels, errors, runs, reviews, latest, latest_errors, "
+                             "analyzed, failed and reviewed.")
 @click.option("--summary", is_flag=True,
               help="Runs, accept/review split and confidence quantiles, rows per label, failed files by type "
                    "(the default when nothing else is asked).")
@@ -176,11 +176,19 @@ def schema_command(bigquery, table):
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
 def review_command(output, model, kind, order, reviewer, checkpoint, host, port):
     """Review labels in a local web app: confirm, correct or reject each, into the reviews table."""
+    from common.ids import new_id
     from output_tools.review_app import bind, open_app, serve, url
-    from output_tools.reviews import default_reviewer, new_session_id
+    from output_tools.reviews import default_reviewer
 
-    app = open_app(output, model, kind, order, reviewer or default_reviewer(), checkpoint, new_session_id())
-    sock = bind(host, port)
+    sock = bind(host, port)  # first: a taken port is refused before anything starts
+    try:
+        app = open_app(output, model, kind, order, reviewer or default_reviewer(), checkpoint, new_id())
+    except BaseException:
+        sock.close()
+        raise
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: the token travels over plain HTTP; others on that network can "
+                   "reach the app", err=True)
     click.echo(f"reviewing {app.queue.size} rows of model version {app.queue.model_version} ({kind} queue, by "
                f"{order}) as {app.reviewer}; decisions go to {output.rstrip('/')}/reviews/")
     click.echo(f"open {url(sock, app.token)}   (Ctrl-C stops; decisions are saved every few seconds)")

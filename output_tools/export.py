@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from common.errors import UserError
 from common.storage import atomic_write_bytes, check_output_file, read_bytes
-from common.views import training_rows
+from schemas.views import training_rows
 
 MANIFEST_COLUMNS = ("uri", "label", "confidence", "decision", "model_version", "reviewed")  # views.training_rows
 
@@ -54,11 +54,16 @@ def select_rows(output: str, model: str | None = None, decision: str | None = No
     """MANIFEST_COLUMNS of the rows to export, ordered by uri."""
     rows = training_rows(output, model, decision, min_confidence, reviewed_only)
     if not rows:
-        filters = (f"{f' --decision {decision}' if decision else ''}"
-                   f"{f' --min-confidence {min_confidence:g}' if min_confidence is not None else ''}"
-                   f"{' --reviewed-only' if reviewed_only else ''}")
-        raise ExportError(f"no labeled rows of {output}" + (f" pass the filters{filters}" if filters else ""))
+        raise nothing_to_export(output, decision, min_confidence, reviewed_only)
     return rows
+
+
+def nothing_to_export(output: str, decision: str | None, min_confidence: float | None,
+                      reviewed_only: bool = False) -> ExportError:
+    filters = (f"{f' --decision {decision}' if decision else ''}"
+               f"{f' --min-confidence {min_confidence:g}' if min_confidence is not None else ''}"
+               f"{' --reviewed-only' if reviewed_only else ''}")
+    return ExportError(f"no labeled rows of {output}" + (f" pass the filters{filters}" if filters else ""))
 
 
 def destinations(rows: list[tuple]) -> list[tuple[str, str]]:

@@ -31,9 +31,12 @@ import fsspec
 import pyarrow as pa
 
 from common.errors import UserError, first_line
+from common.ids import new_id
 from common.storage import atomic_write_bytes, canonical_uri, check_output_file, read_bytes
 from output_tools import query
-from output_tools.reviews import ReviewLog, new_session_id, review_row
+from output_tools.export import nothing_to_export
+from output_tools.reviews import ReviewLog, review_row
+from schemas.views import latest_checkpoint, one_version
 
 FROM_NAME, TO_NAME = "label", "image"  # the control and object tag names of the config: predictions name them
 
@@ -72,11 +75,8 @@ def image_url(uri: str, image_root: str | None) -> str:
 def class_list(con, version: str) -> tuple[list[str], str]:
     """The class names of model version `version` and where they came from: the checkpoint the runs table names
     for it, else (checkpoint gone or replaced) every label in the rows' top-k, which may miss classes."""
-    row = con.execute("SELECT checkpoint FROM runs WHERE model_version = $1 ORDER BY started_at DESC LIMIT 1",
-                      [version]).fetchone()
     why = f"no run of model version {version} names its checkpoint"
-    if row:
-        checkpoint = row[0]
+    if checkpoint := latest_checkpoint(con, version):
         fs, path = fsspec.core.url_to_fs(checkpoint)
         if fs.exists(path):
             from schemas.checkpoint import load_checkpoint  # torch: only for this
@@ -97,16 +97,12 @@ def select_rows(output: str, model: str | None, decision: str | None, min_confid
     """(uri, label, confidence, model_version) of the latest rows of one model version, ordered by uri: the
     model's own labels (its predictions), whatever people decided since."""
     con = query.connect(output, model)
-    if len(versions := query.label_versions(con)) > 1:
-        raise LabelStudioError(f"{output} holds labels of {len(versions)} model versions "
-                               f"({', '.join(versions)}); pick one with --model")
+    one_version(con, output)
     rows = con.execute("""SELECT uri, label, confidence, model_version FROM analyzed
                           WHERE ($1 IS NULL OR decision = $1) AND confidence >= coalesce($2, 0) ORDER BY uri""",
                        [decision, min_confidence]).fetchall()
     if not rows:
-        filters = (f"{f' --decision {decision}' if decision else ''}"
-                   f"{f' --min-confidence {min_confidence:g}' if min_confidence is not None else ''}")
-        raise LabelStudioError(f"no labeled rows of {output}" + (f" pass the filters{filters}" if filters else ""))
+        raise nothing_to_export(output, decision, min_confidence)
     return rows
 
 
@@ -168,6 +164,9 @@ def read_export(path: str) -> list[dict]:
         tasks = json.loads(read_bytes(path))
     except FileNotFoundError:
         raise LabelStudioError(f"{path} does not exist; export the project from Label Studio as JSON") from None
+    except OSError as e:  # a folder, no permission
+        raise LabelStudioError(f"cannot read {path} ({first_line(e)}); pass the JSON file Label Studio exported"
+                               ) from None
     except (UnicodeDecodeError, ValueError) as e:
         raise LabelStudioError(f"{path} is not JSON ({first_line(e)}); export the project from Label Studio as "
                                "JSON") from None
@@ -204,7 +203,7 @@ def import_reviews(output: str, export_path: str) -> dict:
             f"none of the {len(tasks)} tasks of {export_path} is an image {output} has labeled (e.g. "
             f"{uri or 'a task without data.uri'}{f' of model version {version}' if version else ''}); "
             "give the output the tasks were exported from")
-    session = new_session_id()
+    session = new_id()
     log = ReviewLog(output, session, every=10_000)
     written = skipped = 0
     try:

@@ -1,5 +1,5 @@
-"""SQL over an output folder or bucket, and the built-in analyses the `query`, `report` and `export` commands
-share, over the views of common/views.py (labels, errors, runs, reviews, latest, analyzed, failed, reviewed).
+"""SQL over an output folder or bucket, and the built-in analyses the `query` and `report` commands share, over
+the views of schemas/views.py (labels, errors, runs, reviews, latest, analyzed, failed, reviewed).
 """
 import csv
 import io
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from common.errors import UserError, first_line
 from common.storage import atomic_write_bytes, read_bytes, resolve_uri
-from common.views import NoOutput, connect, label_versions, literal  # noqa: F401 (the query API)
+from schemas.views import NoOutput, connect, label_versions, literal  # noqa: F401 (the query API)
 
 REVIEW_ORDER = {"confidence": "confidence, margin, uri", "margin": "margin, confidence, uri"}
 # What `--to FILE` holds when no --format is given, by FILE's extension.
@@ -96,10 +96,11 @@ HUMAN_CHECKED = f"""SELECT {{keys}}, coalesce(decision, 'all') AS decision,
 def human_checked(con: duckdb.DuckDBPyConnection) -> dict[str, duckdb.DuckDBPyRelation]:
     """How often people found the model right, with 95% Wilson intervals: per model version and decision
     (so the accept threshold is judged against people, not the model's own confidence) and per label, and
-    how much of each version's rows and review queue people have checked. Unusable rows count apart."""
+    how much of each version's rows and review queue people have checked. Unusable rows count apart. A verdict
+    is on an image, so these read the latest row per image even with --all-rows."""
     con.execute("""CREATE OR REPLACE TEMP TABLE checked AS
                    SELECT a.model_version, a.label, a.decision, r.action
-                   FROM analyzed a JOIN reviewed r USING (uri, model_version)""")
+                   FROM latest a JOIN reviewed r USING (uri, model_version)""")
     return {
         "human_checked": con.sql(HUMAN_CHECKED.format(keys="model_version")),
         "human_checked_per_label": con.sql(HUMAN_CHECKED.format(keys="model_version, label")),
@@ -107,7 +108,7 @@ def human_checked(con: duckdb.DuckDBPyConnection) -> dict[str, duckdb.DuckDBPyRe
                                             count(*) FILTER (a.decision = 'review') AS review_queue,
                                             count(r.action) FILTER (a.decision = 'review') AS queue_reviewed,
                                             round(queue_reviewed / nullif(review_queue, 0), 4) AS queue_share
-                                     FROM analyzed a LEFT JOIN reviewed r USING (uri, model_version)
+                                     FROM latest a LEFT JOIN reviewed r USING (uri, model_version)
                                      GROUP BY ALL ORDER BY ALL"""),
     }
 

@@ -6,7 +6,6 @@ labels, uris and error messages come from files and checkpoints nobody vetted.
 """
 import base64
 import html
-import io
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -14,7 +13,7 @@ import duckdb
 
 from common.storage import atomic_write_bytes, check_output_file, read_bytes
 from output_tools import query
-from schemas.images import decode_image
+from schemas.images import jpeg_preview
 
 THUMB_PX = 96
 MAX_LABELS = 60  # charts beyond this many classes stop being readable; the page says how many were left out
@@ -163,10 +162,7 @@ def review_queue(rows: list[tuple]) -> str:
 def thumbnail(uri: str) -> str | None:
     """A data URI of a ~THUMB_PX JPEG of the image, or None when it can no longer be read."""
     try:
-        img, _ = decode_image(read_bytes(uri), min_side=THUMB_PX)
+        preview = jpeg_preview(read_bytes(uri), THUMB_PX, quality=75)
     except (OSError, ValueError):
         return None
-    img.thumbnail((THUMB_PX, THUMB_PX))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=75)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/jpeg;base64," + base64.b64encode(preview).decode()

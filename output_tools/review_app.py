@@ -7,7 +7,6 @@ gs:// works), and every decision goes to the reviews table through a ReviewLog. 
 """
 import asyncio
 import hmac
-import io
 import multiprocessing
 import secrets
 import socket
@@ -27,7 +26,8 @@ from common.errors import UserError, first_line
 from common.storage import read_bytes
 from output_tools import query
 from output_tools.reviews import ACTIONS, ReviewLog, review_row
-from schemas.images import decode_image, open_image
+from schemas.images import jpeg_preview, open_image
+from schemas.views import latest_checkpoint, one_version
 
 # Which labels rows a queue holds; those a person already decided on (the `reviewed` view) are left out,
 # except in `disagreements`: rows where people did not confirm the model, for a second look.
@@ -51,13 +51,9 @@ class Queue:
 
     def __init__(self, output: str, model: str | None, kind: str, order: str):
         self.con = query.connect(output, model)
-        versions = query.label_versions(self.con)
-        if not versions:
+        self.model_version, self._lock = one_version(self.con, output), threading.Lock()
+        if self.model_version is None:
             raise ReviewError(f"{output} has no label rows to review; run `alexlabel label --output {output}` first")
-        if len(versions) > 1:
-            raise ReviewError(f"{output} holds labels of {len(versions)} model versions ({', '.join(versions)}); "
-                              "pick one with --model")
-        self.model_version, self._lock = versions[0], threading.Lock()
         self.con.execute(f"""CREATE TEMP TABLE queue AS
                              SELECT row_number() OVER (ORDER BY {query.REVIEW_ORDER[order]}) - 1 AS pos, *
                              {QUEUES[kind]} ORDER BY pos""")  # stored in order: a page is a zone-map lookup
@@ -80,10 +76,8 @@ class Queue:
         return bool(self.sql("SELECT 1 FROM queue WHERE uri = $1 LIMIT 1", [uri]))
 
     def checkpoint(self) -> str | None:
-        """The checkpoint the latest run of this model version labeled with (the class list comes from it)."""
-        rows = self.sql("SELECT checkpoint FROM runs WHERE model_version = $1 ORDER BY started_at DESC LIMIT 1",
-                        [self.model_version])
-        return rows[0][0] if rows else None
+        with self._lock:
+            return latest_checkpoint(self.con, self.model_version)
 
 
 def class_names(checkpoint: str) -> list[str]:
@@ -126,11 +120,7 @@ def shown_image(data: bytes) -> tuple[bytes, str]:
     header = open_image(data)
     if header.format in BROWSER_FORMATS and max(header.size) <= SHOWN_PX:
         return data, BROWSER_FORMATS[header.format]
-    image, _ = decode_image(data, min_side=SHOWN_PX // 2)
-    image.thumbnail((SHOWN_PX, SHOWN_PX))
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=90)
-    return buf.getvalue(), "image/jpeg"
+    return jpeg_preview(data, SHOWN_PX, quality=90), "image/jpeg"
 
 
 class ReviewApp:
@@ -154,7 +144,8 @@ class ReviewApp:
         nonce = secrets.token_urlsafe(12)
         return HTMLResponse(self.page.replace("{{nonce}}", nonce), headers={
             "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-                                       "img-src 'self'; connect-src 'self'", "Cache-Control": "no-store"})
+                                       "img-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+                                       "base-uri 'none'; form-action 'none'", "Cache-Control": "no-store"})
 
     async def state(self, request: Request) -> Response:
         return JSONResponse({"queue": self.queue.size, "model_version": self.queue.model_version,
@@ -164,8 +155,11 @@ class ReviewApp:
                              "saving_error": self.log.error and first_line(self.log.error)})
 
     async def items(self, request: Request) -> Response:
-        start, count = int(request.query_params.get("start", 0)), min(int(request.query_params.get("count", 20)), 200)
-        items = await run_in_threadpool(self.queue.items, start, count)
+        try:
+            start, count = int(request.query_params.get("start", 0)), int(request.query_params.get("count", 20))
+        except ValueError:
+            return JSONResponse({"error": "start and count are numbers"}, status_code=400)
+        items = await run_in_threadpool(self.queue.items, max(0, start), min(max(0, count), 200))
         self.seen.update((item["pos"], item) for item in items)
         while len(self.seen) > 2000:  # the page's neighbourhood is enough
             del self.seen[next(iter(self.seen))]
@@ -182,15 +176,21 @@ class ReviewApp:
         return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
     async def decide(self, request: Request) -> Response:
-        body = await request.json()
-        pos = int(body.get("pos", -1))
-        item = self.seen.get(pos) or await run_in_threadpool(self.queue.item, pos)
-        action, label = body.get("action"), body.get("label")
-        if item is None or action not in ACTIONS:
-            return JSONResponse({"error": f"a decision needs a queue position and one of {', '.join(ACTIONS)}"},
-                                status_code=400)
-        if action == "correct" and self.classes.names is not None and label not in self.classes.names:
-            return JSONResponse({"error": f"{label!r} is not a class of this model"}, status_code=400)
+        try:
+            body = await request.json()
+            pos, action, label = int(body["pos"]), body["action"], body.get("label")
+        except (ValueError, TypeError, KeyError, AttributeError):
+            body = None
+        item = body and (self.seen.get(pos) or await run_in_threadpool(self.queue.item, pos))
+        if not item or action not in ACTIONS:
+            return JSONResponse({"error": f"a decision is JSON with a queue position (pos) and an action, one of "
+                                          f"{', '.join(ACTIONS)}"}, status_code=400)
+        # Until the class list has loaded (or if it cannot), a correction can only pick one of the top-k.
+        known = self.classes.names if self.classes.names is not None else item["topk_labels"]
+        if action == "correct" and label not in known:
+            return JSONResponse({"error": f"{label!r} is not a class of this model" if self.classes.names else
+                                          f"{label!r} is not among this image's top-k, and the whole class list "
+                                          "is not loaded yet"}, status_code=400)
         if action == "correct" and label == item["label"]:
             action = "confirm"
         reviewed = item["label"] if action == "confirm" else label if action == "correct" else None
@@ -205,20 +205,30 @@ class ReviewApp:
 
 
 class TokenGate:
-    """Every request carries the session's token (the URL's ?token=, or the page's X-Review-Token header)."""
+    """Every request carries the session's token (the URL's ?token=, or the page's X-Review-Token header), and
+    every response says: no sniffing, no referrer (image URLs hold the token)."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 
     def __init__(self, app, token: str):
         self.app, self.token = app, token
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            request = Request(scope)
-            given = request.query_params.get("token") or request.headers.get("x-review-token") or ""
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
-                response = PlainTextResponse("403: open the URL `alexlabel review` printed (it holds the token)",
-                                             status_code=403)
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        request = Request(scope)
+        given = request.query_params.get("token") or request.headers.get("x-review-token") or ""
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            response = PlainTextResponse("403: open the URL `alexlabel review` printed (it holds the token)",
+                                         status_code=403)
+            return await response(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_with_headers)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -245,7 +255,11 @@ def serve(app: ReviewApp, sock: socket.socket) -> None:
     except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the Ctrl-C: the way out, not a failure
         pass
     finally:
-        app.log.close()
+        try:
+            app.log.close()
+        except Exception as e:
+            raise ReviewError(f"could not save the last {len(app.log.pending)} decisions under "
+                              f"{app.log.output}/reviews ({first_line(e)}); they are lost") from None
 
 
 def url(sock: socket.socket, token: str) -> str:

@@ -10,7 +10,6 @@ is whole or absent (atomic_write_bytes).
 import getpass
 import io
 import threading
-import uuid
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -20,10 +19,6 @@ from common.storage import atomic_write_bytes
 from schemas.tables import TABLES
 
 ACTIONS = ("confirm", "correct", "unusable")
-def new_session_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-
-
 def default_reviewer() -> str:
     try:
         return getpass.getuser()
@@ -46,19 +41,18 @@ class ReviewLog:
         self.pending: list[dict] = []   # not yet written
         self.decided: list[dict] = []   # this session's decisions, written or not, for undo
         self.files, self.error = 0, None
-        self._lock, self._closed, self._due = threading.Lock(), threading.Event(), threading.Event()
+        self._lock, self._flushing = threading.Lock(), threading.Lock()
+        self._closed, self._due = threading.Event(), threading.Event()
         self._writer = threading.Thread(target=self._flush_every, args=(seconds,), daemon=True)
         self._writer.start()
 
-    def add(self, row: dict) -> int:
-        """Record a decision (the write happens on the writer thread, never in the caller's way); returns how
-        many this session holds."""
+    def add(self, row: dict) -> None:
+        """Record a decision; the write happens on the writer thread, never in the caller's way."""
         with self._lock:
             self.pending.append(row)
             self.decided.append(row)
             if len(self.pending) >= self.every:
                 self._due.set()
-            return len(self.decided)
 
     def undo(self) -> dict | None:
         """Withdraw this session's last decision: dropped if still pending, else an undo row is written."""
@@ -88,11 +82,16 @@ class ReviewLog:
                 return
             try:
                 self.flush()
-            except OSError as e:  # the rows stay pending and are tried again; the app shows why
-                self.error = e
+            except Exception as e:  # any storage failure (gcsfs's are not all OSErrors): the rows stay pending,
+                self.error = e      # are tried again, and the app shows why
 
     def flush(self) -> None:
-        """The pending rows, one file per model version among them (a queue holds one version: one file)."""
+        """The pending rows, one file per model version among them (a queue holds one version: one file).
+        One flush at a time (the writer thread, close, a caller), so no two pick the same file name."""
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             rows, self.pending = self.pending, []
         try:

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import pickle
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -92,7 +91,7 @@ def sibling(url: str, name: str) -> str:
 
 def checkpoint_file(url: str) -> str:
     """The file a --checkpoint names: `url` itself, or for a folder the model.pt in it (what `alexlabel train
-    --output DIR` writes), which is then named on stderr."""
+    --output DIR` writes). It prints nothing: the commands say which file they use, once."""
     fs, path = fsspec.core.url_to_fs(url)
     if not fs.isdir(path):
         return url
@@ -100,7 +99,6 @@ def checkpoint_file(url: str) -> str:
     if not fs.isfile(f"{path.rstrip('/')}/model.pt"):
         raise CheckpointError(f"checkpoint {url} is a folder with no model.pt in it; pass the model.pt that "
                               "`alexlabel train` or `alexlabel import-weights` wrote")
-    print(f"using {inside}", file=sys.stderr, flush=True)
     return inside
 
 

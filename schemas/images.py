@@ -62,3 +62,12 @@ def _on_white(img: Image.Image) -> Image.Image:
     background = Image.new("RGB", img.size, (255, 255, 255))
     background.paste(img, mask=img.getchannel("A"))
     return background
+
+
+def jpeg_preview(data: bytes, px: int, quality: int) -> bytes:
+    """A JPEG of the image at most `px` on its longer side (upright, decoded in draft mode where that pays)."""
+    image, _ = decode_image(data, min_side=px // 2)
+    image.thumbnail((px, px))
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

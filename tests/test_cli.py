@@ -72,6 +72,15 @@ def test_a_checkpoint_folder_stands_for_the_model_pt_in_it(command, checkpoint, 
                     "`alexlabel train` or `alexlabel import-weights` wrote")
 
 
+def test_only_the_commands_say_which_file_a_checkpoint_folder_stands_for(checkpoint, capfd):
+    """load_checkpoint runs in workers, subprocesses and tools too: the contract resolves the folder and prints
+    nothing; `label` and `evaluate` name the file (test above)."""
+    from schemas.checkpoint import load_checkpoint
+
+    assert load_checkpoint(os.path.dirname(checkpoint))[1].model_version
+    assert capfd.readouterr() == ("", "")
+
+
 @pytest.mark.parametrize("command", ["label", "evaluate"])
 def test_a_file_that_is_no_checkpoint_is_called_so_without_torchs_unsafe_advice(command, sample_dir, tmp_path):
     """Torch's refusal advises loading with weights_only=False, which would run the file's code: never passed on."""
@@ -203,12 +212,21 @@ def test_credentials_never_reach_tables_messages_or_output(checkpoint, sample_di
     result = invoke("label", "--input-list", listing, "--checkpoint", checkpoint, "--output", out,
                     "--labels=api_key=SECRET333")
     assert result.exit_code == 0, result.output
+    # the runs row's checkpoint and inputs too: a signed checkpoint URL, a pattern with a token in it
+    (tmp_path / "sig=SECRET555").mkdir()
+    shutil.copy(f"{sample_dir}/bucket/img_00001.jpg", tmp_path / "sig=SECRET555")
+    signed_checkpoint = tmp_path / "model.pt?X-Goog-Signature=SECRET666"
+    shutil.copy(checkpoint, signed_checkpoint)
+    patterned = invoke("label", "--input", f"{tmp_path}/sig=SECRET555/*", "--checkpoint", signed_checkpoint,
+                       "--output", out)
+    assert patterned.exit_code == 0, patterned.output
     import pyarrow.parquet as pq
 
     stored = " ".join(str(pq.read_table(f, partitioning=None).to_pylist())
                       for f in glob.glob(f"{out}/**/*.parquet", recursive=True))
     assert "X-Goog-Signature=***" in stored and "access_token=***" in stored and "api_key=***" in stored
-    assert "SECRET" not in stored and "SECRET" not in result.output
+    assert "'checkpoint': '" + str(tmp_path / "model.pt?X-Goog-Signature=***'") in stored and "sig=***" in stored
+    assert "SECRET" not in stored + result.output + patterned.output
     failing = invoke("label", "--input", f"{tmp_path}/none/*.jpg?sig=SECRET444", "--checkpoint", checkpoint,
                      "--output", out)
     assert failing.exit_code == 1 and "SECRET" not in failing.output and "sig=***" in failing.output
@@ -219,3 +237,38 @@ def test_batches_are_fixed_in_size_unless_a_smaller_minimum_is_asked_for():
         return LabelOptions(inputs=["x"], checkpoint="m.pt", output="o", **kw).batch_sizes()
     assert sizes() == (64, 64) and sizes(device="cuda") == sizes(device="gpu") == (256, 256)
     assert sizes(max_batch_size=16) == (16, 16) and sizes(min_batch_size=8) == (8, 64)
+
+
+DATAFLOW = ["--runner", "DataflowRunner", "--project", "p", "--region", "r", "--temp-location", "gs://b/tmp"]
+
+
+@pytest.mark.parametrize("with_input, extra, message", [
+    (True, ["--watch", "-1"], "Error: --watch SECONDS must be positive, got -1"),
+    (True, ["--watch", "0"], "Error: --watch SECONDS must be positive, got 0"),
+    (True, ["--watch", "5", "--input-list", "uris.txt"], "Error: --watch polls the --input patterns for new files; "
+     "label an --input-list without --watch"),
+    (False, ["--watch", "5", "--input-list", "uris.txt"], "Error: --watch polls the --input patterns for new "
+     "files; label an --input-list without --watch"),
+    (True, ["--watch", "5", "--streaming", *DATAFLOW], "Error: --watch labels new files locally and --streaming "
+     "on Dataflow; give one"),
+])
+def test_watch_option_mistakes_are_one_line_before_anything_runs(checkpoint, sample_dir, tmp_path, with_input,
+                                                                 extra, message):
+    out = tmp_path / "out"
+    inputs = ["--input", f"{sample_dir}/bucket/*"] if with_input else []
+    assert one_line_error(invoke("label", *inputs, "--checkpoint", checkpoint, "--output", out, *extra)) == message
+    assert not out.exists()
+
+
+def test_a_watch_checks_its_checkpoint_before_the_first_new_file(tmp_path, monkeypatch):
+    """An empty folder starts no round's run, so without a check first a bad checkpoint would wait unnoticed."""
+    import beam_pipeline.launch
+
+    def no_watching(*_):
+        raise AssertionError("the watch started")
+
+    monkeypatch.setattr(beam_pipeline.launch, "matched_uris", no_watching)
+    (tmp_path / "incoming").mkdir()
+    line = one_line_error(invoke("label", "--watch", "1", "--input", tmp_path / "incoming" / "*", "--checkpoint",
+                                 tmp_path / "no.pt", "--output", tmp_path / "out"))
+    assert "does not exist" in line

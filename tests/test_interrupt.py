@@ -1,8 +1,9 @@
 """Ctrl-C during `alexlabel label`: the workers stop, what they finished is committed, and one line says how far
 the run got (status 130); a second Ctrl-C exits at once; a --watch ends with a summary of its rounds (status 0).
 
-Each test stops a real `alexlabel label` process with a real SIGINT while it is labeling. One input is a named
-pipe: a worker reading it blocks until the test writes an image into it, so the signal surely lands midway.
+Each of the first tests stops a real `alexlabel label` process with a real SIGINT while it is labeling. One input
+is a named pipe: a worker reading it blocks until the test writes an image into it, so the signal surely lands
+midway. The last ones test common.interrupt, which `train` shares.
 """
 import errno
 import glob
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from beam_pipeline.launch import run
 from beam_pipeline.options import LabelOptions
@@ -121,3 +123,34 @@ def test_ctrl_c_ends_a_watch_with_a_summary_of_its_rounds(sample_dir, checkpoint
     assert lines[0] == f"stopped: 4 of 4 matched inputs are done under {out}; rerun with --skip-existing to continue"
     assert re.fullmatch(r"watch stopped after \d+ round\(s\): 1 labeling run\(s\), labeled 3, errors 0", lines[1])
     assert len(lines) == 2 and not os.path.exists(out / ".beam-temp")
+
+
+def ctrl_c_twice(exit_line: str) -> subprocess.CompletedProcess:
+    """Two SIGINTs inside ctrl_c_sets(flag, exit_line), in a fresh process; it prints the flag after each."""
+    code = ("import os, signal, threading\n"
+            "from common.interrupt import ctrl_c_sets\n"
+            "flag = threading.Event()\n"
+            f"with ctrl_c_sets(flag, {exit_line!r}):\n"
+            "    for _ in range(2):\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        print(flag.is_set(), flush=True)\n"
+            "print(flag.is_set(), signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_the_first_ctrl_c_sets_the_flag_and_with_a_line_the_second_exits_at_once():
+    """label's second Ctrl-C ends the process at once; the trainer's (no line) only asks again, as --nproc's
+    forwarded signal does on top of the terminal's."""
+    at_once = ctrl_c_twice("stopped at once")
+    assert (at_once.returncode, at_once.stdout, at_once.stderr) == (130, "True\n", "stopped at once\n")
+    asked_twice = ctrl_c_twice("")
+    assert (asked_twice.returncode, asked_twice.stdout) == (0, "True\nTrue\nFalse True\n"), asked_twice.stderr
+
+
+def test_interrupted_ends_a_command_with_its_line_and_status_130(capsys):
+    from common.interrupt import Interrupted, exits_130
+
+    for say in (True, False):
+        with pytest.raises(SystemExit) as ended, exits_130(say):
+            raise Interrupted("stopped: 3 of 5 done")
+        assert ended.value.code == 130 and capsys.readouterr().err == ("stopped: 3 of 5 done\n" if say else "")

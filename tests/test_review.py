@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -63,6 +64,14 @@ class ReviewServer:
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
+    def post(self, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(self.base + path, data=body, headers=headers or {}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, {"text": e.read().decode()}
+
     def stop(self) -> str:
         self.process.send_signal(signal.SIGINT)
         rest, _ = self.process.communicate(timeout=30)
@@ -92,8 +101,22 @@ def test_every_request_needs_the_token_and_only_queue_images_are_served(labeled,
                     items[0]["uri"].replace("/bucket/", "/bucket/../bucket/")):
             status, body = server.get(f"/image?uri={urllib.parse.quote(uri)}", server.token)
             assert status == 403 and b"not an image of this review queue" in body, uri
+        decision = json.dumps({"pos": 0, "action": "confirm"}).encode()
+        for path in ("/api/decide", "/api/undo"):  # writes need the token as much as reads
+            assert server.post(path, decision)[0] == 403
+            assert server.post(path, decision, {"X-Review-Token": "wrong"})[0] == 403
+        gate = {"X-Review-Token": server.token, "Content-Type": "application/json"}
+        for bad in (b"not json", b"[1, 2]", json.dumps({"pos": "x", "action": "confirm"}).encode(),
+                    json.dumps({"pos": 0, "action": "delete"}).encode(),
+                    json.dumps({"pos": 0, "action": "correct", "label": None}).encode(),
+                    json.dumps({"pos": 0, "action": "correct", "label": "no-such-class"}).encode()):
+            status, said = server.post("/api/decide", bad, gate)
+            assert status == 400 and said["text"].startswith('{"error"'), (bad, said)
+        assert server.post("/api/decide", decision, gate) == (200, {"decided": 1, "action": "confirm"})
+        assert server.post("/api/undo", b"{}", gate) == (200, {"pos": 0, "decided": 0})
     finally:
         server.stop()
+    assert reviews(labeled) == []  # the one decision was undone before it was written
 
 
 def test_a_person_reviews_with_the_keyboard_in_a_real_browser(labeled, tmp_path):
@@ -175,15 +198,17 @@ def test_undo_after_a_flush_withdraws_the_decision_and_an_earlier_verdict_stands
 
 
 def test_reviewing_bad_outputs_is_one_line_each(labeled, checkpoint, tmp_path):
-    assert "nothing does not exist" in one_line_error(invoke("review", tmp_path / "nothing"))
+    def review(*args):  # each refused before it serves; the port is freed again every time
+        return one_line_error(invoke("review", *args, "--port", 8765))
+
+    assert "nothing does not exist" in review(tmp_path / "nothing")
     (tmp_path / "blank").mkdir()
-    assert "holds no alexlabel runs" in one_line_error(invoke("review", tmp_path / "blank"))
+    assert "holds no alexlabel runs" in review(tmp_path / "blank")
     empty = tmp_path / "empty"
     (empty / "runs").mkdir(parents=True)
-    assert "has no label rows to review" in one_line_error(invoke("review", empty))
-    assert "has no rows of model version nope" in one_line_error(invoke("review", labeled, "--model", "nope"))
-    assert "checkpoint /no/model.pt (the class list of model version" in one_line_error(
-        invoke("review", labeled, "--checkpoint", "/no/model.pt"))
+    assert "has no label rows to review" in review(empty)
+    assert "has no rows of model version nope" in review(labeled, "--model", "nope")
+    assert "checkpoint /no/model.pt (the class list of model version" in review(labeled, "--checkpoint", "/no/model.pt")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -236,3 +261,47 @@ def test_train_label_review_export_retrain_carries_the_corrections(labeled, samp
     classes_out, samples_out, _ = training_data(from_output)
     assert {uri: classes_out[index] for uri, index in samples_out} == learned
     assert train(cfg).metrics["val_images"] == 2 * len(classes)  # and the next model trains on them
+
+
+def test_a_failing_write_keeps_the_decisions_and_says_why(labeled, monkeypatch):
+    """Storage fails in many ways (gcsfs's HTTP errors are no OSErrors): the rows stay pending, the app can show
+    the error, and the next write saves them."""
+    from output_tools import reviews as reviews_module
+
+    real, failures = reviews_module.atomic_write_bytes, [RuntimeError("HTTP 503 from the bucket")]
+
+    def flaky(url, data):
+        if failures:
+            raise failures.pop()
+        real(url, data)
+
+    monkeypatch.setattr(reviews_module, "atomic_write_bytes", flaky)
+    log = ReviewLog(labeled, "s1", every=1, seconds=30)  # the first write now, no retry before close
+    log.add(review_rows(["/a.jpg"], "confirm", "s1")[0])
+    deadline = time.monotonic() + 10
+    while log.error is None and time.monotonic() < deadline:  # the writer thread met the failure
+        time.sleep(0.01)
+    assert "503" in str(log.error) and len(log.pending) == 1 and reviews(labeled) == []
+    log.close()
+    assert [r["uri"] for r in reviews(labeled)] == ["/a.jpg"] and log.error is None
+
+
+def test_a_killed_app_keeps_what_it_saved_and_leaves_no_half_written_file(labeled):
+    """SIGKILL (no shutdown, no final write) loses at most the decisions of the last few seconds."""
+    server = ReviewServer(labeled, "--queue", "all")
+    gate = {"X-Review-Token": server.token, "Content-Type": "application/json"}
+    queue = json.loads(server.get("/api/items?start=0&count=50", server.token)[1])
+
+    def decide(pos):
+        assert server.post("/api/decide", json.dumps({"pos": pos, "action": "confirm"}).encode(), gate)[0] == 200
+
+    for pos in range(3):
+        decide(pos)
+    deadline = time.monotonic() + 30
+    while not reviews(labeled) and time.monotonic() < deadline:  # written within seconds, without any stop
+        time.sleep(0.2)
+    decide(3)  # the last seconds: not yet written when the app dies
+    server.process.kill()
+    server.process.wait(timeout=10)
+    assert sorted(r["uri"] for r in reviews(labeled)) == sorted(item["uri"] for item in queue[:3])
+    assert not [f for f in glob.glob(f"{labeled}/reviews/**", recursive=True) if os.path.basename(f).startswith(".")]

@@ -121,7 +121,7 @@ def test_watch_labels_each_new_file_exactly_once(sample_dir, checkpoint, tmp_pat
 
     arrive(arrivals.pop(0))
     opts = LabelOptions(inputs=[str(folder / "*")], checkpoint=checkpoint, output=out)
-    runs = watch(opts, every_seconds=0, rounds=4, on_round=lambda row: arrivals and arrive(arrivals.pop(0)))
+    runs = watch(opts, rounds=4, on_round=lambda row: arrivals and arrive(arrivals.pop(0)))
     # Round 2 found nothing new and started no job; rounds 1 and 3 labeled what had just arrived.
     assert [(r["labeled"], r["errored"], r["skipped"]) for r in runs] == [(2, 0, 0), (1, 1, 2)]
     labels, _ = rows(out, "labels")
@@ -154,3 +154,4 @@ def test_a_swapped_model_must_expect_the_same_preprocessing(checkpoint, tmp_path
     with pytest.raises(CheckpointError, match="swap only models trained with the same"):
         handler.load_model()
     assert torch.is_tensor(state_dict[next(iter(state_dict))])
+

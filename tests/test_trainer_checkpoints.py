@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 import trainer.train
 from alexlabel.cli import main
+from common.interrupt import Interrupted
 from schemas.checkpoint import load_checkpoint
-from trainer.train import Interrupted, TrainConfig, rank_best, train
+from trainer.train import TrainConfig, rank_best, train
 
 # 32 training images in batches of 8: 4 steps per epoch.
 SMALL = dict(arch="alexnet_small", arch_kwargs={"width": 8, "dropout": 0.0}, image_size=32, epochs=3, batch_size=8,
@@ -146,6 +147,18 @@ def test_keep_best_keeps_only_the_k_best_epochs(sample_dir, tmp_path):
     assert json.loads(last(out)["state"])["kept"] == [[name, top1] for name, top1 in sorted(
         ((f"best-epoch{r['epoch']:03d}-top1-{r['val_top1']:.3f}.pt", r["val_top1"]) for r in ranked),
         key=lambda pair: -pair[1])]
+
+
+def test_overwrite_first_removes_the_earlier_runs_files(sample_dir, tmp_path):
+    """Else its best-epoch files stay forever, and its model.pt sits beside the new last.pt until the first epoch
+    ends: a mixed folder whose stale model `label --checkpoint DIR` would take."""
+    earlier = ["model.pt", "last.pt", "metrics.jsonl", "best-epoch007-top1-0.900.pt", "notes.txt"]
+    for name in earlier:
+        (tmp_path / name).write_bytes(b"earlier run")
+    assert train(TrainConfig(data=sample_dir, output=str(tmp_path), overwrite=True, stop_after_steps=1,
+                             **SMALL)) is None  # stopped before the first epoch ended
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "notes.txt"]  # what is not the trainer's stays
+    assert json.loads(last(tmp_path)["state"])["step"] == 1
 
 
 def test_rank_best_drops_the_worst_and_never_the_earlier_of_a_tie():

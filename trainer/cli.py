@@ -7,13 +7,15 @@ import torch
 
 from common.devices import DEVICE_HELP, DEVICE_WORDS, pick_device
 from common.errors import UserError
+from common.interrupt import exits_130
 from common.storage import atomic_write_bytes, check_output_file
+from schemas.checkpoint import checkpoint_file
 from trainer import distributed
 from trainer.data import class_differences, class_folders, eval_loader, list_image_folder
 from trainer.distributed import World
 from trainer.evaluate import accuracy_report, format_confusion, predict
 from trainer.models import ARCHS, load_model
-from trainer.train import ARCH_DEFAULTS, CHOICES, Interrupted, TrainConfig, train
+from trainer.train import ARCH_DEFAULTS, CHOICES, TrainConfig, train
 from trainer.weights import IMAGENET_EVAL, import_weights
 
 
@@ -35,7 +37,8 @@ def arch_default(option: str) -> str:
 @click.command("train")
 @click.option("--data", default="", help="Folder or bucket URL with train/<class>/ and val/<class>/ images.")
 @click.option("--data-manifest", default="", help="Instead of --data: CSV or Parquet file (or folder, e.g. a "
-              "labels table) of uri,label training rows; classes are the sorted unique labels.")
+              "labels table) of uri,label training rows, or a labeling output folder (people's labels win over the "
+              "model's, unusable rows left out); classes are the sorted unique labels.")
 @click.option("--val-manifest", default="", help="With --data-manifest: the same for validation rows.")
 @click.option("--decision", default="", help="Keep only --data-manifest rows with this decision, e.g. accept.")
 @click.option("--output", required=True, help="Where last.pt, model.pt and metrics.jsonl are written.")
@@ -94,12 +97,8 @@ def train_command(width, dropout, nproc, **kw):
     Under torchrun, every process runs this command: `torchrun --nproc-per-node 8 $(which alexlabel) train ...`.
     """
     cfg = TrainConfig(arch_kwargs={"dropout": dropout, **({"width": width} if width else {})}, **kw)
-    try:
+    with exits_130(say=World.from_env().main):
         manifest = distributed.spawn(train, cfg, nproc) if nproc > 1 else train(cfg)
-    except Interrupted as e:
-        if World.from_env().main:
-            click.echo(str(e), err=True)
-        raise SystemExit(130) from None  # as a shell reports a command that Ctrl-C ended
     if not World.from_env().main:
         return
     if manifest is None:
@@ -109,6 +108,15 @@ def train_command(width, dropout, nproc, **kw):
     click.echo(f"wrote {kw['output']}/model.pt: val top-1 {m['val_top1']:.3f}, temperature {manifest.temperature:.2f} "
                f"(expected calibration error {m['ece_before']:.3f} -> {m['ece_after']:.3f}), "
                f"model_version {manifest.model_version}")
+
+
+def resolve_checkpoint(url: str) -> str:
+    """The file a --checkpoint names, for `label` and `evaluate`; a folder's model.pt is named on stderr. Said
+    here, not where checkpoints load, which is also in workers, subprocesses and tools."""
+    path = checkpoint_file(url)
+    if path != url:
+        click.echo(f"using {path}", err=True)
+    return path
 
 
 @click.command("import-weights")
@@ -144,7 +152,7 @@ def evaluate_command(checkpoint, data, json_out, device, batch_size, workers):
     if json_out:
         check_output_file(json_out, "--json")
     torch_device = pick_device(device)
-    module, manifest = load_model(checkpoint)
+    module, manifest = load_model(resolve_checkpoint(checkpoint))
     module = module.to(torch_device, memory_format=torch.channels_last)
     _, samples = list_image_folder(data, manifest.class_names, "the model")
     if differences := class_differences(class_folders(data), manifest.class_names):

@@ -16,9 +16,9 @@ from torchvision import transforms
 
 from common.errors import UserError, first_line
 from common.storage import has_extension, read_bytes, resolve_uri
-from common.views import training_rows
 from schemas.images import INTERPOLATIONS, decode_image
 from schemas.transform import Preprocess, eval_tensor_from_bytes, to_uint8_tensor
+from schemas.views import training_rows
 
 CROPS = ("random-resized", "paper")
 # AlexNet's PCA of ImageNet RGB pixels scaled to [0, 1] (eigenvalues; eigenvectors as columns),

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common.devices import pick_device
 from common.errors import UserError
+from common.interrupt import ctrl_c_sets
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ def spawn(fn, arg, nproc: int):
     """fn(arg) in `nproc` processes on this machine, as torchrun would start them; returns rank 0's result.
 
     A UserError or KeyboardInterrupt in any process is raised here as it was (training's Ctrl-C stop says where
-    it saved); other failures raise with their traceback. Ctrl-C here is passed on to the processes.
+    it saved); other failures raise with their traceback. Ctrl-C here is passed on to the processes (within the
+    half second the join waits), whose training stops at a step.
     """
     if "WORLD_SIZE" in os.environ:
         raise UserError("--nproc starts its own processes; under torchrun leave --nproc out")
@@ -104,31 +105,22 @@ def spawn(fn, arg, nproc: int):
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     results = mp.get_context("spawn").SimpleQueue()
     processes = mp.spawn(_process, (fn, arg, nproc, _free_port(), results), nprocs=nproc, join=False)
-    messages = []
+    messages, ctrl_c = [], threading.Event()
     try:
-        with on_ctrl_c(lambda: [os.kill(p.pid, signal.SIGINT) for p in processes.processes if p.is_alive()]):
+        with ctrl_c_sets(ctrl_c):
             while not processes.join(timeout=0.5):
                 messages += _drain(results)  # as they come: a writer blocked on a full pipe would never exit
+                if ctrl_c.is_set():
+                    ctrl_c.clear()
+                    for p in processes.processes:
+                        if p.is_alive():
+                            os.kill(p.pid, signal.SIGINT)
     except mp.ProcessExitedException:
         errors = [value for kind, value in messages + _drain(results) if kind == "error"]
         if not errors:
             raise
         raise errors[0] from None
     return dict(messages + _drain(results))["result"]
-
-
-@contextmanager
-def on_ctrl_c(handler):
-    """Within the block, Ctrl-C (SIGINT) calls handler() instead of raising KeyboardInterrupt. Signals reach
-    the main thread only: in any other, Ctrl-C is left as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: handler())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _drain(queue) -> list:

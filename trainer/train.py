@@ -32,6 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR, LinearLR, LRScheduler, ReduceLROn
 from tqdm import tqdm
 
 from common.errors import UserError, first_line
+from common.interrupt import Interrupted, ctrl_c_sets
 from common.storage import atomic_write_bytes, read_bytes
 from schemas.checkpoint import Manifest, load_checkpoint, save_checkpoint
 from schemas.transform import Preprocess
@@ -128,10 +129,6 @@ class TrainConfig:
                             "--resume, or train anew over it with --overwrite")
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training between two steps, with last.pt saved there; the message says where."""
-
-
 def warn(message: str) -> None:
     """One line on stderr about a choice or a result that is likely wrong; training goes on."""
     print(f"warning: {message}", file=sys.stderr)
@@ -215,9 +212,12 @@ def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None
     best = None
     if world.main:
         warn_slow_choices(cfg, world, device)
-    # From here Ctrl-C only sets a flag: train_epoch polls it before each batch, so every process stops at the
-    # same step, whole, and last.pt is saved there.
-    with distributed.on_ctrl_c(t.stop_requested.set):
+    if cfg.overwrite and world.main:
+        clear_previous_run(cfg.output)
+    # From here Ctrl-C only sets a flag: train_epoch sums it over the processes before each batch, so every
+    # process stops at the same step, whole, and last.pt is saved there. A second Ctrl-C only asks again: under
+    # --nproc each process gets the terminal's and the launcher's.
+    with ctrl_c_sets(t.stop_requested):
         say(f"training {cfg.arch} on {t.train_images} images, {len(t.classes)} classes, {device}"
             f"{' ' + str(t.dtype).removeprefix('torch.') if t.dtype else ''}"
             f"{f' x {world.size} processes' if world.size > 1 else ''}; validating on {t.val_images}")
@@ -486,6 +486,15 @@ def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list
     state_dict = model.state_dict()
     first, *others = [f"{cfg.output}/{name}" for name in names]
     return save_checkpoint(first, state_dict, manifest, also=others)
+
+
+def clear_previous_run(output: str) -> None:
+    """--overwrite: the earlier run's files go before this one writes any. Else its best-epoch files would stay
+    forever, and until this run's first epoch ended its model.pt would sit beside the new last.pt: a mixed folder
+    after a crash, whose stale model `label --checkpoint DIR` would take."""
+    fs, root = fsspec.core.url_to_fs(output)
+    remove(output, ["model.pt", "last.pt", "metrics.jsonl",
+                    *(path.rpartition("/")[2] for path in fs.glob(f"{root}/best-epoch*.pt"))])
 
 
 def remove(output: str, names: list[str]) -> None:

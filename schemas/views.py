@@ -7,7 +7,8 @@
     analyzed, failed       what the analyses read: `latest` and `latest_errors`, or `labels` and `errors`
                            when asked for all rows
     reviewed               the latest human decision per (uri, model_version), undone ones left out
-    training               what retraining learns from (TRAINING_ROWS)
+
+and TRAINING_ROWS, what retraining learns from.
 
 Why `latest`: labeling the same images again (a rerun without --skip-existing, --retry-errors) adds rows,
 and counts, accuracy, review queues and error counts are about images, not attempts: a file that failed in
@@ -102,12 +103,25 @@ TRAINING_ROWS = """SELECT uri, coalesce(r.reviewed_label, a.label) AS label, con
                    ORDER BY uri"""
 
 
-def training_rows(output: str, model: str | None = None, decision: str | None = None,
-                  min_confidence: float | None = None, reviewed_only: bool = False) -> list[tuple]:
-    """(uri, label, confidence, decision, model_version, reviewed) of one model version's rows to retrain on;
-    refuses to mix model versions silently."""
-    con = connect(output, model)
-    if len(versions := label_versions(con)) > 1:
+def one_version(con: duckdb.DuckDBPyConnection, output: str) -> str | None:
+    """The model version of the analyzed label rows (None without any), refusing to mix several silently."""
+    versions = label_versions(con)
+    if len(versions) > 1:
         raise NoOutput(f"{output} holds labels of {len(versions)} model versions ({', '.join(versions)}); "
                        "pick one with --model")
+    return versions[0] if versions else None
+
+
+def latest_checkpoint(con: duckdb.DuckDBPyConnection, model_version: str) -> str | None:
+    """The checkpoint the latest run of a model version labeled with (where its whole class list is)."""
+    row = con.execute("SELECT checkpoint FROM runs WHERE model_version = $1 ORDER BY started_at DESC LIMIT 1",
+                      [model_version]).fetchone()
+    return row[0] if row else None
+
+
+def training_rows(output: str, model: str | None = None, decision: str | None = None,
+                  min_confidence: float | None = None, reviewed_only: bool = False) -> list[tuple]:
+    """(uri, label, confidence, decision, model_version, reviewed) of one model version's rows to retrain on."""
+    con = connect(output, model)
+    one_version(con, output)
     return con.execute(TRAINING_ROWS, [decision, min_confidence, reviewed_only]).fetchall()
