@@ -16,7 +16,8 @@ def run_demo(workdir: str, seed: int = 0, epochs: int | None = None) -> dict:
     from beam_pipeline.launch import run as label
     from beam_pipeline.options import LabelOptions
     from output_tools.query import summary
-    from trainer.train import TrainConfig, train
+    from trainer.config import TrainConfig
+    from trainer.train import train
 
     data, model, labels = (os.path.join(workdir, d) for d in ("data", "model", "labels"))
     t0 = time.perf_counter()

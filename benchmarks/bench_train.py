@@ -21,9 +21,10 @@ from make_images import ensure_images
 
 from common.devices import pick_device
 from schemas.transform import Preprocess
+from trainer.config import TrainConfig
 from trainer.data import EpochSampler, loader, train_transform
 from trainer.models import build_model
-from trainer.train import TrainConfig, make_optimizer
+from trainer.train import make_optimizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLASSES = 1000

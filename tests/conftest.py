@@ -10,7 +10,8 @@ import pytest
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 from alexlabel.sample_data import write_sample_data
-from trainer.train import TrainConfig, train
+from trainer.config import TrainConfig
+from trainer.train import train
 
 # Tests need a real checkpoint, not a good one: tiny widths and one epoch keep it to seconds.
 TINY_TRAINING = dict(arch="alexnet_small", arch_kwargs={"width": 8, "dropout": 0.0}, image_size=32, epochs=1,

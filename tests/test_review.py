@@ -222,7 +222,8 @@ def test_train_label_review_export_retrain_carries_the_corrections(labeled, samp
     those labels, not the model's, are what the next training run learns from."""
     from playwright.sync_api import expect, sync_playwright
 
-    from trainer.train import TrainConfig, train, training_data
+    from trainer.config import TrainConfig
+    from trainer.train import train, training_data
 
     server = ReviewServer(labeled, "--queue", "all", "--reviewer", "ana")
     queue = json.loads(server.get("/api/items?start=0&count=50", server.token)[1])

@@ -9,15 +9,16 @@ import torch
 from click.testing import CliRunner
 from commands import invoke, one_line_error
 
-import trainer.train
+import trainer.checkpoints
 from alexlabel.cli import main
 from common.errors import UserError
 from schemas.checkpoint import load_checkpoint
 from trainer.calibrate import calibration_warning, expected_calibration_error, fit_temperature
+from trainer.config import ARCH_DEFAULTS, TrainConfig
 from trainer.data import DataError, list_image_folder
 from trainer.evaluate import format_confusion
 from trainer.models import ARCHS, build_model
-from trainer.train import ARCH_DEFAULTS, TrainConfig, divergence
+from trainer.train import divergence
 
 
 def test_exported_checkpoint_carries_the_inference_contract(checkpoint, sample_dir):
@@ -246,7 +247,7 @@ def test_an_untrustworthy_temperature_is_a_warning(sample_dir, tmp_path, monkeyp
     assert calibration_warning(1.5, {**metrics, "ece_after": 0.002}) is None
     assert calibration_warning(0.01, {**metrics, "ece_after": 0.002}).startswith(
         "the fitted temperature 0.01 is extreme (outside 0.05-20), at val top-1")
-    monkeypatch.setattr(trainer.train, "fit_temperature", lambda *_: 592.5)
+    monkeypatch.setattr(trainer.checkpoints, "fit_temperature", lambda *_: 592.5)
     result = train_small(sample_dir, tmp_path)
     assert result.exit_code == 0, result.output
     assert [line for line in result.stderr.splitlines() if "temperature" in line] == [

@@ -12,7 +12,9 @@ import trainer.train
 from alexlabel.cli import main
 from common.interrupt import Interrupted
 from schemas.checkpoint import load_checkpoint
-from trainer.train import TrainConfig, rank_best, train
+from trainer.checkpoints import rank_best
+from trainer.config import TrainConfig
+from trainer.train import train
 
 # 32 training images in batches of 8: 4 steps per epoch.
 SMALL = dict(arch="alexnet_small", arch_kwargs={"width": 8, "dropout": 0.0}, image_size=32, epochs=3, batch_size=8,

@@ -14,11 +14,12 @@ from alexlabel.cli import main
 from common.interrupt import Interrupted
 from schemas.checkpoint import load_checkpoint
 from schemas.transform import Preprocess
+from trainer.config import TrainConfig
 from trainer.data import list_image_folder, loader
 from trainer.distributed import spawn
 from trainer.evaluate import predict
 from trainer.models import build_model
-from trainer.train import TrainConfig, train
+from trainer.train import train
 
 # Global batches of 8: 4 images per process and step.
 OPTIONS = ["--arch", "alexnet_small", "--width", "8", "--dropout", "0", "--image-size", "32", "--epochs", "2",

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from alexlabel.cli import main
 from schemas.checkpoint import load_checkpoint
-from trainer.train import TrainConfig, train
+from trainer.config import TrainConfig
+from trainer.train import train
 
 OPTIONS = ["--arch", "alexnet_small", "--width", "8", "--dropout", "0", "--image-size", "32", "--epochs", "2",
            "--batch-size", "8", "--workers", "0", "--optimizer", "adamw", "--lr", "0.001"]

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from trainer.train import TrainConfig, make_schedulers
+from trainer.config import TrainConfig
+from trainer.train import make_schedulers
 
 
 def curve(steps: int, steps_per_epoch: int, **options) -> tuple[list[float], object, torch.optim.Optimizer]:

@@ -11,11 +11,12 @@ from common.interrupt import exits_130
 from common.storage import atomic_write_bytes, check_output_file
 from schemas.checkpoint import checkpoint_file
 from trainer import distributed
+from trainer.config import ARCH_DEFAULTS, CHOICES, TrainConfig
 from trainer.data import class_differences, class_folders, eval_loader, list_image_folder
 from trainer.distributed import World
 from trainer.evaluate import accuracy_report, format_confusion, predict
 from trainer.models import ARCHS, load_model
-from trainer.train import ARCH_DEFAULTS, CHOICES, TrainConfig, train
+from trainer.train import train
 from trainer.weights import IMAGENET_EVAL, import_weights
 
 

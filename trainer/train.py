@@ -7,14 +7,14 @@ as a labels table filtered to its accepted rows. Writes under OUTPUT:
 - model.pt: the best epoch by val top-1, as an inference checkpoint (schemas.checkpoint), calibrated;
 - best-epochNNN-top1-X.XXX.pt: the keep_best best epochs, in the same format;
 - metrics.jsonl: one row per epoch.
-Every file is written atomically (common.storage), so a crash leaves the previous version readable.
+Every file is written atomically (common.storage), so a crash leaves the previous version readable; what
+is in them is trainer/checkpoints.py's, the options trainer/config.py's.
 
 Data-parallel (torchrun, or `alexlabel train --nproc N`; see trainer.distributed): --batch-size is the
 global batch, split across the processes, so a recipe means the same steps at any process count. Each
 process validates its share of the val set and the logits are gathered, so every process holds the same
 metrics (the plateau schedule and the best-epoch choice agree) and rank 0 calibrates on all of them.
 """
-import io
 import json
 import math
 import random
@@ -22,24 +22,22 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 
-import fsspec
 import torch
-import torchvision
 from torch.optim.lr_scheduler import LambdaLR, LinearLR, LRScheduler, ReduceLROnPlateau
 from tqdm import tqdm
 
-from common.errors import UserError, first_line
+from common.errors import UserError
 from common.interrupt import Interrupted, ctrl_c_sets
-from common.storage import atomic_write_bytes, read_bytes
-from schemas.checkpoint import Manifest, load_checkpoint, save_checkpoint
+from common.storage import atomic_write_bytes
+from schemas.checkpoint import Manifest, load_checkpoint
 from schemas.transform import Preprocess
 from trainer import distributed
-from trainer.calibrate import calibration_warning, expected_calibration_error, fit_temperature
+from trainer.calibrate import calibration_warning
+from trainer.checkpoints import clear_previous_run, export, rank_best, remove, resume, save_training_state
+from trainer.config import TrainConfig
 from trainer.data import (
-    CROPS,
     EpochSampler,
     eval_loader,
     list_image_folder,
@@ -53,80 +51,6 @@ from trainer.evaluate import accuracy_report, predict
 from trainer.models import build_model
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# What the options left unset (None) are, per architecture: the paper's SGD recipe for the ImageNet-sized
-# networks; the demo's AdamW recipe for alexnet_small, on which SGD at lr 0.01 diverged to chance.
-PAPER_RECIPE = dict(image_size=224, epochs=90, batch_size=128, optimizer="sgd", lr=0.01, weight_decay=5e-4,
-                    warmup_epochs=0.0, label_smoothing=0.0)
-ARCH_DEFAULTS = {"alexnet": PAPER_RECIPE, "alexnet2012": PAPER_RECIPE,
-                 "alexnet_small": dict(image_size=64, epochs=20, batch_size=32, optimizer="adamw", lr=1e-3,
-                                       weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.1)}
-# The words each word-valued option takes: TrainConfig.validate checks them, the CLI lists them in --help.
-CHOICES = {"arch": tuple(ARCH_DEFAULTS), "amp": ("auto", "bf16", "fp16", "off"), "optimizer": ("sgd", "adamw"),
-           "schedule": ("cosine", "step", "plateau"), "plateau_metric": ("val_loss", "val_top1"), "crop": CROPS}
-
-
-@dataclass
-class TrainConfig:
-    output: str                    # where last.pt, model.pt, best-*.pt and metrics.jsonl go
-    data: str = ""                 # folder or bucket URL holding train/<class>/ and val/<class>/, or:
-    data_manifest: str = ""        # a CSV/Parquet table of (uri, label) training rows; classes = sorted labels
-    val_manifest: str = ""         # the same for validation rows
-    decision: str = ""             # keep only data_manifest rows with this decision (labels tables: accept)
-    arch: str = "alexnet"          # also picks the defaults of the fields left None (ARCH_DEFAULTS)
-    arch_kwargs: dict = field(default_factory=dict)
-    image_size: int | None = None  # center crop at eval, random crop in training
-    resize: int = 0                # shorter side at eval and for the paper crop; 0 means image_size * 256 / 224
-    crop: str = "random-resized"   # training crop: random-resized, or paper (resize, then random image_size crop)
-    pca_lighting: float = 0.0      # std of AlexNet's PCA colour noise (paper: 0.1); 0 is off
-    epochs: int | None = None
-    batch_size: int | None = None  # global: split across data-parallel processes
-    optimizer: str | None = None   # sgd (paper: momentum 0.9, weight decay 5e-4) or adamw
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    schedule: str = "cosine"       # cosine to 0, step (x lr_gamma every lr_step_epochs) or plateau (x lr_gamma)
-    warmup_epochs: float | None = None  # linear warmup, before any schedule
-    lr_step_epochs: float = 30.0
-    lr_gamma: float = 0.1
-    plateau_metric: str = "val_loss"  # val_loss or val_top1
-    plateau_patience: int = 5      # epochs without improvement before plateau decays
-    label_smoothing: float | None = None
-    clip_grad_norm: float = 0.0    # max global gradient norm; 0 is off
-    amp: str = "auto"              # auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a gradient scaler), off
-    channels_last: bool = True
-    compile: bool = False          # torch.compile the model
-    device: str = "auto"           # auto, cpu, cuda
-    workers: int = 2
-    seed: int = 0
-    save_every_steps: int = 0      # also write last.pt every this many batches; 0: at epoch ends only
-    keep_best: int = 0             # keep the best this many epochs as best-epochNNN-top1-X.XXX.pt
-    stop_after_steps: int = 0      # end this run at this batch (counted over all epochs); --resume continues
-    resume: bool = False
-    overwrite: bool = False        # train anew into an output that holds a model.pt or last.pt
-
-    def __post_init__(self):
-        """Fields left None take the arch's defaults; validate() refuses an unknown arch."""
-        for name, value in ARCH_DEFAULTS.get(self.arch, {}).items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-
-    def validate(self) -> None:
-        """The checks that need no data, before any work: the word-valued options (the CLI takes them as plain
-        strings), and an output that is a file, or holds a trained model that training would replace."""
-        for name, words in CHOICES.items():
-            if getattr(self, name) not in words:
-                raise UserError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; "
-                                f"use {', '.join(words[:-1])} or {words[-1]}")
-        if self.resume and self.overwrite:
-            raise UserError("--resume continues the run in --output and --overwrite starts anew over it; give one")
-        fs, root = fsspec.core.url_to_fs(self.output)
-        if fs.isfile(root):
-            raise UserError(f"--output {self.output} is a file; give the folder to write model.pt, last.pt and "
-                            "metrics.jsonl in")
-        held = [name for name in ("model.pt", "last.pt") if fs.exists(f"{root}/{name}")]
-        if held and not (self.resume or self.overwrite):
-            raise UserError(f"--output {self.output} already holds {' and '.join(held)}; continue that run with "
-                            "--resume, or train anew over it with --overwrite")
 
 
 def warn(message: str) -> None:
@@ -462,80 +386,3 @@ def validate(model, val_loader, pre, device, dtype) -> tuple[torch.Tensor, torch
     """Logits and labels of the whole val set: this process's share, gathered from every process."""
     shares = distributed.all_gather(predict(model, val_loader, pre, device, dtype))
     return torch.cat([logits for logits, _ in shares]), torch.cat([labels for _, labels in shares])
-
-
-def rank_best(kept: list, candidate: list, k: int) -> tuple[list, list[str]]:
-    """The k best [file name, top1] pairs, ties kept in epoch order, and the kept files that fell out."""
-    ranked = sorted([*kept, candidate], key=lambda pair: -pair[1])
-    return ranked[:k], [name for name, _ in ranked[k:] if name != candidate[0]]
-
-
-def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list[str]) -> Manifest:
-    """Write OUTPUT/<name> for each name: weights, the inference contract, calibrated temperature, metrics,
-    provenance."""
-    temperature = fit_temperature(logits, labels)
-    metrics = {"val_top1": report["top1"], "val_top5": report["top5"], "val_images": report["images"],
-               "val_data": cfg.val_manifest or f"{cfg.data}/val",
-               "ece_before": expected_calibration_error(logits, labels),
-               "ece_after": expected_calibration_error(logits, labels, temperature)}
-    manifest = Manifest(
-        arch=cfg.arch, arch_kwargs=cfg.arch_kwargs, class_names=list(classes), preprocess=pre,
-        temperature=temperature, metrics=metrics,
-        provenance={"torch": torch.__version__, "torchvision": torchvision.__version__, "recipe": asdict(cfg),
-                    "created_at": datetime.now(UTC).isoformat(), "run_id": run_id})
-    state_dict = model.state_dict()
-    first, *others = [f"{cfg.output}/{name}" for name in names]
-    return save_checkpoint(first, state_dict, manifest, also=others)
-
-
-def clear_previous_run(output: str) -> None:
-    """--overwrite: the earlier run's files go before this one writes any. Else its best-epoch files would stay
-    forever, and until this run's first epoch ended its model.pt would sit beside the new last.pt: a mixed folder
-    after a crash, whose stale model `label --checkpoint DIR` would take."""
-    fs, root = fsspec.core.url_to_fs(output)
-    remove(output, ["model.pt", "last.pt", "metrics.jsonl",
-                    *(path.rpartition("/")[2] for path in fs.glob(f"{root}/best-epoch*.pt"))])
-
-
-def remove(output: str, names: list[str]) -> None:
-    fs, root = fsspec.core.url_to_fs(output)
-    for name in names:
-        if fs.exists(f"{root}/{name}"):
-            fs.rm(f"{root}/{name}")
-
-
-def save_training_state(output: str, resumable: dict, state: dict, world: World) -> None:
-    """last.pt: what an exact resume needs, down to every process's RNGs and the position in the epoch."""
-    rngs = distributed.all_gather({
-        "torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
-    if not world.main:
-        return
-    buf = io.BytesIO()
-    torch.save({**{name: part.state_dict() for name, part in resumable.items() if part is not None},
-                "rng": rngs, "state": json.dumps(state)}, buf)
-    atomic_write_bytes(f"{output}/last.pt", buf.getvalue())
-
-
-def resume(output: str, resumable: dict, world: World) -> dict:
-    """Load last.pt into the model, optimizer, schedulers and scaler, restore the RNGs; returns the loop state."""
-    try:
-        saved = torch.load(io.BytesIO(read_bytes(f"{output}/last.pt")), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"--resume: {output}/last.pt does not exist; train without --resume first") from None
-    try:
-        if len(saved["rng"]) != world.size:
-            raise ValueError(f"it was written by {len(saved['rng'])} processes, this run has {world.size}")
-        for name, part in resumable.items():
-            if part is not None:
-                part.load_state_dict(saved[name])
-        rng = saved["rng"][world.rank]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        version, internal, gauss = json.loads(rng["python"])
-        random.setstate((version, tuple(internal), gauss))
-        return json.loads(saved["state"])
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise UserError(f"--resume: {output}/last.pt does not fit this run's options ({first_line(e)}); "
-                        "resume with the options it was trained with") from None

@@ -1,0 +1,95 @@
+"""What a training run writes and reads back under --output: model.pt and the best epochs (inference
+checkpoints, calibrated), last.pt (the whole training state, for an exact --resume), and their clean-up."""
+import io
+import json
+import random
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+import fsspec
+import torch
+import torchvision
+
+from common.errors import UserError, first_line
+from common.storage import atomic_write_bytes, read_bytes
+from schemas.checkpoint import Manifest, save_checkpoint
+from trainer import distributed
+from trainer.calibrate import expected_calibration_error, fit_temperature
+from trainer.distributed import World
+
+
+def rank_best(kept: list, candidate: list, k: int) -> tuple[list, list[str]]:
+    """The k best [file name, top1] pairs, ties kept in epoch order, and the kept files that fell out."""
+    ranked = sorted([*kept, candidate], key=lambda pair: -pair[1])
+    return ranked[:k], [name for name, _ in ranked[k:] if name != candidate[0]]
+
+
+def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list[str]) -> Manifest:
+    """Write OUTPUT/<name> for each name: weights, the inference contract, calibrated temperature, metrics,
+    provenance."""
+    temperature = fit_temperature(logits, labels)
+    metrics = {"val_top1": report["top1"], "val_top5": report["top5"], "val_images": report["images"],
+               "val_data": cfg.val_manifest or f"{cfg.data}/val",
+               "ece_before": expected_calibration_error(logits, labels),
+               "ece_after": expected_calibration_error(logits, labels, temperature)}
+    manifest = Manifest(
+        arch=cfg.arch, arch_kwargs=cfg.arch_kwargs, class_names=list(classes), preprocess=pre,
+        temperature=temperature, metrics=metrics,
+        provenance={"torch": torch.__version__, "torchvision": torchvision.__version__, "recipe": asdict(cfg),
+                    "created_at": datetime.now(UTC).isoformat(), "run_id": run_id})
+    state_dict = model.state_dict()
+    first, *others = [f"{cfg.output}/{name}" for name in names]
+    return save_checkpoint(first, state_dict, manifest, also=others)
+
+
+def clear_previous_run(output: str) -> None:
+    """--overwrite: the earlier run's files go before this one writes any. Else its best-epoch files would stay
+    forever, and until this run's first epoch ended its model.pt would sit beside the new last.pt: a mixed folder
+    after a crash, whose stale model `label --checkpoint DIR` would take."""
+    fs, root = fsspec.core.url_to_fs(output)
+    remove(output, ["model.pt", "last.pt", "metrics.jsonl",
+                    *(path.rpartition("/")[2] for path in fs.glob(f"{root}/best-epoch*.pt"))])
+
+
+def remove(output: str, names: list[str]) -> None:
+    fs, root = fsspec.core.url_to_fs(output)
+    for name in names:
+        if fs.exists(f"{root}/{name}"):
+            fs.rm(f"{root}/{name}")
+
+
+def save_training_state(output: str, resumable: dict, state: dict, world: World) -> None:
+    """last.pt: what an exact resume needs, down to every process's RNGs and the position in the epoch."""
+    rngs = distributed.all_gather({
+        "torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+    if not world.main:
+        return
+    buf = io.BytesIO()
+    torch.save({**{name: part.state_dict() for name, part in resumable.items() if part is not None},
+                "rng": rngs, "state": json.dumps(state)}, buf)
+    atomic_write_bytes(f"{output}/last.pt", buf.getvalue())
+
+
+def resume(output: str, resumable: dict, world: World) -> dict:
+    """Load last.pt into the model, optimizer, schedulers and scaler, restore the RNGs; returns the loop state."""
+    try:
+        saved = torch.load(io.BytesIO(read_bytes(f"{output}/last.pt")), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"--resume: {output}/last.pt does not exist; train without --resume first") from None
+    try:
+        if len(saved["rng"]) != world.size:
+            raise ValueError(f"it was written by {len(saved['rng'])} processes, this run has {world.size}")
+        for name, part in resumable.items():
+            if part is not None:
+                part.load_state_dict(saved[name])
+        rng = saved["rng"][world.rank]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        version, internal, gauss = json.loads(rng["python"])
+        random.setstate((version, tuple(internal), gauss))
+        return json.loads(saved["state"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise UserError(f"--resume: {output}/last.pt does not fit this run's options ({first_line(e)}); "
+                        "resume with the options it was trained with") from None
