@@ -3,6 +3,11 @@
 A checkpoint file is `torch.save({"format_version", "manifest": <JSON text>, "state_dict"})` and is
 always read with `torch.load(..., weights_only=True)`: a checkpoint from a bucket is untrusted input,
 and unpickling arbitrary objects would run its code.
+
+A checkpoint may also carry an embedding projection (`label --embeddings`): a PCA of the network's penultimate
+activations, fitted by the trainer on its training set or by `import-weights --fit-pca`. Its two tensors sit in
+the state dict under EMBEDDING_KEYS, so the weights hash (the model version) covers them: embeddings of two
+different projections never share a version. The manifest's `embedding` says how it was fitted.
 """
 import hashlib
 import io
@@ -22,6 +27,7 @@ FORMAT_VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes begins (a zip archive)
 # What the trainer's resume checkpoint (last.pt) always holds, and an inference checkpoint never does.
 TRAINING_STATE_KEYS = frozenset({"model", "optimizer", "state", "rng"})
+EMBEDDING_KEYS = ("embedding.mean", "embedding.components")  # [F] and [F, D], float32, in the state dict
 
 
 class CheckpointError(UserError):
@@ -39,6 +45,7 @@ class Manifest:
     provenance: dict = field(default_factory=dict)
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
+    embedding: dict = field(default_factory=dict)  # dim, features, fitted_on, explained_variance, source
 
     @property
     def model_version(self) -> str:
@@ -58,6 +65,32 @@ class Manifest:
                                   f"(this alexlabel reads version {FORMAT_VERSION}); upgrade alexlabel or re-export")
         d["preprocess"] = Preprocess.from_dict(d["preprocess"])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The PCA that turns penultimate activations [N, F] into embeddings [N, D]: (x - mean) @ components."""
+
+    mean: torch.Tensor
+    components: torch.Tensor
+
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "Projection":
+        return Projection(self.mean.to(device, dtype), self.components.to(device, dtype))
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) @ self.components
+
+
+def split_projection(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Projection | None]:
+    """The network's own weights, and the embedding projection where the checkpoint carries one."""
+    weights = {k: v for k, v in state_dict.items() if k not in EMBEDDING_KEYS}
+    if not all(k in state_dict for k in EMBEDDING_KEYS):
+        return weights, None
+    return weights, Projection(*(state_dict[k] for k in EMBEDDING_KEYS))
+
+
+def with_projection(state_dict: dict[str, torch.Tensor], projection: Projection) -> dict[str, torch.Tensor]:
+    return {**state_dict, **dict(zip(EMBEDDING_KEYS, (projection.mean, projection.components), strict=True))}
 
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:

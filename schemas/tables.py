@@ -1,6 +1,7 @@
 """The output tables: one pyarrow schema each, and their BigQuery JSON form.
 
-Every writer and reader of labels/, errors/, runs/ and reviews/ takes its columns from here.
+Every writer and reader of labels/, errors/, runs/, reviews/, embeddings/, probabilities/ and issues/ takes
+its columns from here.
 """
 import pyarrow as pa
 
@@ -69,10 +70,46 @@ REVIEWS = pa.schema([
     pa.field("session_id", pa.string(), nullable=False),
 ])
 
-TABLES = {"labels": LABELS, "errors": ERRORS, "runs": RUNS, "reviews": REVIEWS}
+# `label --embeddings` and `--probabilities`: one row per labels row, joined to it on (uri, model_version, run_id).
+# float16: half the bytes of float32 on disk and in the audit's memory, and its ~1e-3 relative error is far below
+# any similarity threshold or probability that matters. The embedding's length is the checkpoint's manifest
+# `embedding.dim`; the probabilities follow the manifest's class order.
+EMBEDDINGS = pa.schema([
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("content_sha256", pa.string(), nullable=False),
+    pa.field("embedding", pa.list_(pa.float16()), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+])
+
+PROBABILITIES = pa.schema([
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("content_sha256", pa.string(), nullable=False),
+    pa.field("probabilities", pa.list_(pa.float16()), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+])
+
+# `alexlabel audit`: one row per issue found, a file per audit. `issue`: exact_duplicate, near_duplicate, outlier,
+# label_error, low_confidence. `score` 0-1, higher is surer or worse; `group_id` ties a duplicate set together
+# within one audit; `suggested_label` is the model's label where it disagrees with the given one; `details` JSON.
+ISSUES = pa.schema([
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("issue", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+    pa.field("group_id", pa.int64()),
+    pa.field("suggested_label", pa.string()),
+    pa.field("details", pa.string(), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("audit_id", pa.string(), nullable=False),
+    pa.field("audited_at", UTC_TS, nullable=False),
+])
+
+TABLES = {"labels": LABELS, "errors": ERRORS, "runs": RUNS, "reviews": REVIEWS, "embeddings": EMBEDDINGS,
+          "probabilities": PROBABILITIES, "issues": ISSUES}
 
 _BQ_TYPES = {pa.string(): "STRING", pa.int32(): "INT64", pa.int64(): "INT64", pa.float32(): "FLOAT64",
-             pa.float64(): "FLOAT64", UTC_TS: "TIMESTAMP", pa.bool_(): "BOOL"}
+             pa.float64(): "FLOAT64", pa.float16(): "FLOAT64", UTC_TS: "TIMESTAMP", pa.bool_(): "BOOL"}
 
 
 def bigquery_schema(schema: pa.Schema) -> list[dict]:

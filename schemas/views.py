@@ -7,6 +7,9 @@
     analyzed, failed       what the analyses read: `latest` and `latest_errors`, or `labels` and `errors`
                            when asked for all rows
     reviewed               the latest human decision per (uri, model_version), undone ones left out
+    vectors                the analyzed label rows with their embedding (and probabilities, null where
+                           the run stored none): `label --embeddings` / `--probabilities`
+    latest_issues          the rows of each model version's latest `alexlabel audit`
 
 and TRAINING_ROWS, what retraining learns from.
 
@@ -20,6 +23,7 @@ here, so a person's verdict means the same everywhere.
 """
 import duckdb
 import fsspec
+import pyarrow as pa
 
 from common.errors import UserError
 from common.storage import glob_urls, is_local
@@ -35,6 +39,11 @@ REVIEWED = """SELECT * FROM (SELECT * FROM reviews
                                          ORDER BY reviewed_at DESC, session_id DESC) = 1"""
 LATEST = """SELECT * FROM labels
             QUALIFY row_number() OVER (PARTITION BY uri, model_version ORDER BY labeled_at DESC, run_id DESC) = 1"""
+VECTORS = """SELECT a.*, e.embedding, p.probabilities
+             FROM analyzed a JOIN embeddings e USING (uri, model_version, run_id)
+                             LEFT JOIN probabilities p USING (uri, model_version, run_id)"""
+LATEST_ISSUES = """SELECT * FROM issues
+                   QUALIFY dense_rank() OVER (PARTITION BY model_version ORDER BY audited_at DESC, audit_id DESC) = 1"""
 LATEST_ERRORS = """SELECT * FROM errors e
                    WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.uri = e.uri AND l.model_version = e.model_version
                                                               AND l.labeled_at > e."at")
@@ -65,13 +74,25 @@ def connect(output: str, model: str | None = None, all_rows: bool = False) -> du
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{', '.join(map(literal, files))}], "
                         "hive_partitioning=false, union_by_name=true)")
         else:
-            con.register(table, schema.empty_table())
+            con.register(table, duckdb_empty(schema))
     con.execute(f"CREATE VIEW latest AS {LATEST}")
     con.execute(f"CREATE VIEW reviewed AS {REVIEWED}")
     con.execute(f"CREATE VIEW latest_errors AS {LATEST_ERRORS}")
     con.execute(f"CREATE VIEW analyzed AS SELECT * FROM {'labels' if all_rows else 'latest'}")
     con.execute(f"CREATE VIEW failed AS SELECT * FROM {'errors' if all_rows else 'latest_errors'}")
+    con.execute(f"CREATE VIEW vectors AS {VECTORS}")
+    con.execute(f"CREATE VIEW latest_issues AS {LATEST_ISSUES}")
     return con
+
+
+def duckdb_empty(schema: pa.Schema) -> pa.Table:
+    """An empty table of `schema` for a table with no files yet, float16 as float32: DuckDB reads Parquet's
+    float16 (as FLOAT) but not Arrow's."""
+    def wider(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_list(t):
+            return pa.list_(wider(t.value_type))
+        return pa.float32() if pa.types.is_float16(t) else t
+    return pa.schema([f.with_type(wider(f.type)) for f in schema]).empty_table()
 
 
 def partition_versions(output: str) -> list[str]:

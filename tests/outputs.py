@@ -31,14 +31,23 @@ def error(uri: str, error_type: str = "UnidentifiedImageError", message: str = "
             "model_version": model, "run_id": run, "at": T0}
 
 
-def write_output(out: str, labels: list[dict], errors: list[dict] = ()) -> str:
+def vector(row: dict, values, column: str = "embedding") -> dict:
+    """The embeddings (or, with column="probabilities", probabilities) row of a labels row."""
+    return {"uri": row["uri"], "content_sha256": row["content_sha256"], column: np.asarray(values, np.float16),
+            "model_version": row["model_version"], "run_id": row["run_id"]}
+
+
+def write_output(out: str, labels: list[dict], errors: list[dict] = (), embeddings: list[dict] = (),
+                 probabilities: list[dict] = ()) -> str:
     """Write the rows, one file per (table, model, run), plus a runs row for every run they name."""
     out = out.rstrip("/")
     runs = {}
-    for table, rows, count in (("labels", labels, "labeled"), ("errors", errors, "errored")):
+    for table, rows, count in (("labels", labels, "labeled"), ("errors", errors, "errored"),
+                               ("embeddings", embeddings, None), ("probabilities", probabilities, None)):
         for (model, run), part in group(rows).items():
             write(f"{out}/{table}/model={model}/{run}-00000-of-00001.parquet", part, table)
-            runs.setdefault((model, run), {"labeled": 0, "errored": 0})[count] = len(part)
+            if count:
+                runs.setdefault((model, run), {"labeled": 0, "errored": 0})[count] = len(part)
     for (model, run), n in runs.items():
         write(f"{out}/runs/model={model}/{run}.parquet", [{
             "run_id": run, "model_version": model, "checkpoint": "model.pt", "inputs": ["in/*"], "output": out,

@@ -153,7 +153,7 @@ def evaluate_command(checkpoint, data, json_out, device, batch_size, workers):
     if json_out:
         check_output_file(json_out, "--json")
     torch_device = pick_device(device)
-    module, manifest = load_model(resolve_checkpoint(checkpoint))
+    module, manifest, _ = load_model(resolve_checkpoint(checkpoint))
     module = module.to(torch_device, memory_format=torch.channels_last)
     _, samples = list_image_folder(data, manifest.class_names, "the model")
     if differences := class_differences(class_folders(data), manifest.class_names):

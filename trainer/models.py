@@ -5,15 +5,16 @@
   normalization (k=2, n=5, alpha=1e-4, beta=0.75), overlapping 3x3/2 max pooling, dropout 0.5.
 - `alexnet_small`: the same shape for 32-96 px inputs (stride-2 5x5 stem), with a width knob.
 
-`load_model` builds the one a checkpoint names, for evaluation and labeling alike. The labeling pipeline
-takes this module and nothing else from the trainer.
+`load_model` builds the one a checkpoint names, for evaluation and labeling alike, and `features_and_logits`
+gives the penultimate activations that embeddings are projected from. The labeling pipeline takes this module
+and nothing else from the trainer.
 """
 import torch
 from torch import nn
 from torchvision.models import AlexNet
 
 from common.errors import first_line
-from schemas.checkpoint import CheckpointError, Manifest, load_checkpoint
+from schemas.checkpoint import CheckpointError, Manifest, Projection, load_checkpoint, split_projection
 
 
 def _lrn() -> nn.LocalResponseNorm:
@@ -93,11 +94,24 @@ def build_model(arch: str, num_classes: int, state_dict: dict | None = None, **k
     return model
 
 
-def load_model(checkpoint: str) -> tuple[nn.Module, Manifest]:
-    """The network a checkpoint holds, in eval mode on the CPU, and its manifest; CheckpointError says why not."""
+def load_model(checkpoint: str) -> tuple[nn.Module, Manifest, Projection | None]:
+    """The network a checkpoint holds, in eval mode on the CPU, its manifest and its embedding projection (None
+    without one); CheckpointError says why not."""
     state_dict, manifest = load_checkpoint(checkpoint)
+    weights, projection = split_projection(state_dict)
     try:
-        module = build_model(manifest.arch, len(manifest.class_names), state_dict, **manifest.arch_kwargs)
+        module = build_model(manifest.arch, len(manifest.class_names), weights, **manifest.arch_kwargs)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
-    return module.eval(), manifest
+    return module.eval(), manifest, projection
+
+
+def features_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: the penultimate activations (what the last Linear layer reads) and the logits."""
+    captured = []
+    hook = module.classifier[-1].register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+    try:
+        logits = module(x)
+    finally:
+        hook.remove()
+    return captured[0], logits
