@@ -28,7 +28,7 @@ setup(
         "tqdm>=4.66,<5",
         "starlette>=0.40,<2",       # the review app
         "uvicorn>=0.30,<1",
-        "faiss-cpu>=1.9,<2",        # nearest neighbours for the audit (near-duplicates, outliers) and --order informative
+        "faiss-cpu>=1.9,<2",        # nearest neighbours: the audit (near-duplicates, outliers), --order informative
         "cleanlab>=2.7,<3",         # confident learning: the audit's likely label errors
     ],
     extras_require={

@@ -30,6 +30,8 @@ LAZY_COMMANDS = {
                        "Bring people's decisions made in Label Studio into the reviews table."),
     "review": ("output_tools.cli:review_command", "Review labels in a local web app: confirm, correct or reject "
                "each, into the reviews table."),
+    "audit": ("output_tools.cli:audit_command", "Find duplicates, near-duplicates, outliers, likely label errors "
+              "and low confidence; write the issues table."),
     "schema": ("output_tools.cli:schema_command", "Print the output table schemas (all tables, or one)."),
 }
 

@@ -12,7 +12,7 @@ import math
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 CLASSES = ("circle", "cross", "diamond", "ring", "square", "star", "stripes", "triangle")
 SIZES = ((320, 240), (240, 320), (400, 300), (300, 300))
@@ -82,6 +82,19 @@ def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+def near_copies(img: Image.Image) -> dict[str, bytes]:
+    """What a photo goes through on its way back into a dataset, each as a JPEG: the ground truth that the
+    audit's near-duplicate pass is measured on (tests, benchmarks/bench_curation.py)."""
+    w, h = img.size
+    overlay = img.copy()
+    ImageDraw.Draw(overlay).text((w // 20, h - h // 8), "(c) alexlabel 2026", fill=(255, 255, 255))
+    return {"requality": jpeg_bytes(img, quality=50),
+            "resized": jpeg_bytes(img.resize((w * 2 // 3, h * 2 // 3), Image.Resampling.BILINEAR)),
+            "cropped": jpeg_bytes(img.crop((w // 20, h // 20, w - w // 20, h - h // 20))),  # center 90%
+            "flipped": jpeg_bytes(ImageOps.mirror(img)),
+            "text": jpeg_bytes(overlay)}
 
 
 def broken_files(rng: np.random.Generator) -> dict[str, bytes]:

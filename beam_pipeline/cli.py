@@ -26,6 +26,12 @@ from common.storage import IMAGE_EXTENSIONS
               help="With a GPU: decode JPEGs in batches on the GPU (nvJPEG) instead of on CPU cores; "
                    "other formats, and JPEGs that need rotating or draft mode, still decode on the CPU.")
 @click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--embeddings", is_flag=True,
+              help="Also write the embeddings table: each image's penultimate activations projected by the "
+                   "checkpoint's PCA (float16, 128 values by default), for `alexlabel audit` and --order informative.")
+@click.option("--probabilities", is_flag=True,
+              help="Also write the probabilities table: each image's whole softmax (float16; 2 KB an image at "
+                   "1,000 classes), for the audit's label errors.")
 @click.option("--accept-threshold", type=float, default=0.5, show_default=True,
               help="decision is 'accept' at or above this confidence, else 'review'.")
 @click.option("--min-batch-size", type=int, default=0,

@@ -14,9 +14,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline.failures import STOPPING, disk_full_is_a_user_error
-from beam_pipeline.model_handler import check_checkpoint, drop_kept
+from beam_pipeline.model_handler import check_checkpoint, drop_kept, no_projection
 from beam_pipeline.options import LabelOptions, UsageError
-from beam_pipeline.pipeline import build, build_streaming, make_pipeline
+from beam_pipeline.pipeline import build, build_streaming, make_pipeline, written_vector_tables
 from beam_pipeline.read import check_uri_list, count_matches, matched_uris
 from beam_pipeline.rows import run_row
 from beam_pipeline.write import check_writable, count_rows, make_table_folders, run_files, tidy_temp, write_run_row
@@ -38,6 +38,9 @@ def check(opts: LabelOptions, keep: bool) -> Manifest:
     opts.checkpoint = checkpoint_file(opts.checkpoint)
     local = opts.runner == "DirectRunner"
     manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision, keep=keep)
+    if opts.embeddings and not manifest.embedding:
+        drop_kept()
+        raise UsageError(no_projection(opts.checkpoint))
     FileSystems.set_options(PipelineOptions(opts.beam_flags()))  # e.g. credentials for the launcher's own match
     for url in opts.input_lists:
         check_uri_list(url)
@@ -134,7 +137,7 @@ def run(opts: LabelOptions) -> dict:
         try:
             manifest, done = prepare(opts)
             tidy_temp(opts.output)
-            make_table_folders(opts.output, manifest.model_version)
+            make_table_folders(opts.output, manifest.model_version, written_vector_tables(opts))
             started, t0 = datetime.now(UTC), time.perf_counter()
             with disk_full_is_a_user_error(opts), make_pipeline(opts) as p:
                 build(p, opts, manifest, done)
@@ -157,4 +160,8 @@ def run(opts: LabelOptions) -> dict:
         raise AccountingError(f"run {opts.run_id}: matched {counts['matched']} != labeled {counts['labeled']} + "
                               f"errors {counts['errored']} + skipped {counts['skipped']}; report this as a bug with "
                               "the runs row")
+    for table in written_vector_tables(opts):
+        if (n := count_rows(run_files(opts.output, table, manifest.model_version, opts.run_id))) != counts["labeled"]:
+            raise AccountingError(f"run {opts.run_id}: {n} {table} rows for {counts['labeled']} labeled images; "
+                                  "report this as a bug with the runs row")
     return row

@@ -3,7 +3,9 @@
 The handler holds only the checkpoint URL and settings (it is pickled to workers); each worker loads
 the weights with weights_only=True, builds the architecture named in the manifest, and folds the
 manifest's normalization into the first convolution, so a batch goes in as raw pixels with one cast.
-Softmax uses the checkpoint's calibrated temperature.
+Softmax uses the checkpoint's calibrated temperature. With embeddings asked for, the same forward pass also
+gives the penultimate activations, which the checkpoint's projection turns into embeddings: one matrix
+multiply per batch, on the model's device.
 """
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,9 +21,9 @@ from beam_pipeline.lean_layers import lean_for_inference
 from beam_pipeline.raw_pixels import fold_normalization
 from beam_pipeline.rows import Failure, Prediction
 from common.devices import pick_device
-from schemas.checkpoint import CheckpointError, Manifest
+from schemas.checkpoint import CheckpointError, Manifest, Projection
 from schemas.transform import Preprocess
-from trainer.models import load_model
+from trainer.models import features_and_logits, load_model
 
 PASSED_ENCODED = Metrics.counter("alexlabel", "passed_encoded")  # JPEGs for the batch decoder (--gpu-decode)
 
@@ -32,6 +34,7 @@ class Classifier:
     manifest: Manifest
     device: torch.device
     dtype: torch.dtype  # of the weights and the input batches
+    projection: Projection | None  # on `device`, float32; None: the checkpoint carries none
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -45,7 +48,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto") -> Classifier:
-    module, manifest = load_model(checkpoint)
+    module, manifest, projection = load_model(checkpoint)
     try:
         module = fold_normalization(module, manifest.preprocess)
     except ValueError as e:
@@ -57,7 +60,7 @@ def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto
     # Weights stored in bf16 once, not autocast: autocast re-casts all ~60M weights on every batch, which
     # on a CPU costs more than the convolutions themselves (AlexNet: 3x the throughput without it).
     module = module.to(torch_device, dtype=dtype, memory_format=torch.channels_last).eval()
-    return Classifier(module, manifest, torch_device, dtype)
+    return Classifier(module, manifest, torch_device, dtype, projection and projection.to(torch_device))
 
 
 # The launcher loads the model up front (every checkpoint error before any input is read). With the
@@ -100,14 +103,26 @@ def _channels_last(images: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
+def no_projection(checkpoint: str) -> str:
+    return (f"--embeddings needs a checkpoint with an embedding projection, and {checkpoint} has none; fit one with "
+            "`alexlabel import-weights --fit-pca FOLDER`, or train with `alexlabel train` (it fits one)")
+
+
+def half_rows(x: torch.Tensor) -> list:
+    """A batch's vectors as float16 numpy rows (what the embeddings and probabilities tables store)."""
+    return list(x.to(torch.float16).cpu().numpy())
+
+
 class AlexNetModelHandler(ModelHandler[ImageFile, PredictionResult, Classifier]):
     def __init__(self, checkpoint: str, *, device: str = "cpu", precision: str = "auto", top_k: int = 5,
+                 embeddings: bool = False, probabilities: bool = False,
                  min_batch_size: int = 1, max_batch_size: int = 64, model_copies: int | None = None,
                  preprocess: Preprocess | None = None, threads: int = 0):
         # model_copies: exactly that many copies per machine, shared by its worker processes (one per GPU).
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, model_copies=model_copies)
         self._checkpoint, self._device, self._precision, self._top_k = checkpoint, device, precision, top_k
         self._default_checkpoint, self._preprocess, self._threads = checkpoint, preprocess, threads
+        self._embeddings, self._probabilities = embeddings, probabilities
 
     def load_model(self) -> Classifier:
         if self._threads:  # per process; 0 leaves torch's default (all cores)
@@ -119,6 +134,8 @@ class AlexNetModelHandler(ModelHandler[ImageFile, PredictionResult, Classifier])
             raise CheckpointError(f"checkpoint {self._checkpoint} expects preprocessing "
                                   f"{classifier.manifest.preprocess} but this job prepares {self._preprocess}; "
                                   "swap only models trained with the same image size, mean and std")
+        if self._embeddings and classifier.projection is None:
+            raise CheckpointError(no_projection(self._checkpoint))
         return classifier
 
     def run_inference(self, batch: Sequence[ImageFile], model: Classifier,
@@ -146,14 +163,19 @@ class AlexNetModelHandler(ModelHandler[ImageFile, PredictionResult, Classifier])
             return outcomes
         x = to_batch([images[i] for i in good], model.device).to(model.dtype)  # pixels 0-255, exact in bf16
         with torch.inference_mode():
-            logits = model.module(x).float()
-        probs = (logits / model.manifest.temperature).softmax(dim=1)
+            if self._embeddings:
+                features, logits = features_and_logits(model.module, x)
+                embeddings = half_rows(model.projection(features.float()))
+            else:
+                logits, embeddings = model.module(x), [None] * len(good)
+            probs = (logits.float() / model.manifest.temperature).softmax(dim=1)
         confidences, indices = probs.topk(min(self._top_k, probs.shape[1]), dim=1)
         confidences, indices = confidences.cpu().tolist(), indices.cpu().tolist()
+        full = half_rows(probs) if self._probabilities else [None] * len(good)
         trim_heap()  # this batch's activations are free now: keep memory flat over long runs
         names = model.manifest.class_names
-        for i, idx, conf in zip(good, indices, confidences, strict=True):
-            outcomes[i] = Prediction(idx, conf, [names[c] for c in idx])
+        for i, idx, conf, emb, prob in zip(good, indices, confidences, embeddings, full, strict=True):
+            outcomes[i] = Prediction(idx, conf, [names[c] for c in idx], emb, prob)
         return outcomes
 
     def get_num_bytes(self, batch: Sequence[ImageFile]) -> int:

@@ -35,6 +35,8 @@ class LabelOptions:
     precision: str = "auto"           # auto (bf16 where native), bf16, fp32
     gpu_decode: bool = False          # with device cuda: JPEGs decode in batches on the GPU (nvJPEG)
     top_k: int = 5
+    embeddings: bool = False          # also write the embeddings table (the checkpoint's PCA of its penultimate layer)
+    probabilities: bool = False       # also write the probabilities table (the whole softmax, float16)
     accept_threshold: float = 0.5     # decision = accept when confidence >= this, else review
     min_batch_size: int = 0           # 0: the max: fixed batches (each new batch size costs memory, BENCHMARKS.md)
     max_batch_size: int = 0            # 0: 64 on CPUs, 256 on GPUs (large batches keep a GPU busy)

@@ -2,6 +2,8 @@
 
     MatchImages -> SkipDone -> UntilCtrlC -> PrepareImages -> Classify (RunInference) -> ToRows -> WriteLabels
                                                                                             +----> WriteErrors
+                                                                                            +----> WriteEmbeddings
+                                                                                            +----> WriteProbabilities
 
 Every input reaches Classify: one PrepareImages could not read or decode goes on as its Failure, so the
 model handler stamps each row, labels and errors alike, with the version of the model that was live.
@@ -21,21 +23,26 @@ from beam_pipeline.failures import not_stopping
 from beam_pipeline.model_handler import AlexNetModelHandler
 from beam_pipeline.options import LabelOptions
 from beam_pipeline.read import MatchImages, SkipDone
-from beam_pipeline.rows import Failure, error_row, label_row
+from beam_pipeline.rows import Failure, error_row, label_row, vector_row
 from beam_pipeline.streaming import NewObjects, WriteWindowedTable
 from beam_pipeline.write import WriteTable
 from schemas.checkpoint import Manifest
 
 ERRORS_TAG = "errors"
+VECTOR_TABLES = {"embeddings": "embedding", "probabilities": "probabilities"}  # table -> its Prediction field
 
 
 def to_rows(result, run_id: str, accept_threshold: float):
-    """A handled image -> its labels row, or its errors row (tagged), under the model version that ran."""
-    if isinstance(result.inference, Failure):
-        yield beam.pvalue.TaggedOutput(ERRORS_TAG, error_row(result.example, result.inference, result.model_id,
-                                                             run_id))
-    else:
-        yield label_row(result.example, result.inference, result.model_id, run_id, accept_threshold)
+    """A handled image -> its labels row (and, where asked for, its embeddings and probabilities rows, tagged), or
+    its errors row (tagged), under the model version that ran."""
+    image, outcome, version = result.example, result.inference, result.model_id
+    if isinstance(outcome, Failure):
+        yield beam.pvalue.TaggedOutput(ERRORS_TAG, error_row(image, outcome, version, run_id))
+        return
+    yield label_row(image, outcome, version, run_id, accept_threshold)
+    for table, column in VECTOR_TABLES.items():
+        if (values := getattr(outcome, column)) is not None:
+            yield beam.pvalue.TaggedOutput(table, vector_row(image, column, values, version, run_id))
 
 
 def failed_batch_rows(failure, model_version: str, run_id: str):
@@ -71,6 +78,7 @@ def label_uris(uris, opts: LabelOptions, manifest: Manifest, write, model_update
     """URIs -> prepared images -> RunInference -> label rows and error rows, each written by `write(table)`."""
     low, high = opts.batch_sizes()
     handler = AlexNetModelHandler(opts.checkpoint, device=opts.device, precision=opts.precision, top_k=opts.top_k,
+                                  embeddings=opts.embeddings, probabilities=opts.probabilities,
                                   min_batch_size=low, max_batch_size=high,
                                   model_copies=opts.gpu_count if opts.device == "cuda" else None,
                                   preprocess=manifest.preprocess, threads=opts.torch_threads())
@@ -80,13 +88,19 @@ def label_uris(uris, opts: LabelOptions, manifest: Manifest, write, model_update
                        .with_exception_handling())
     rows = (handled
             | "ToRows" >> beam.FlatMap(to_rows, opts.run_id, opts.accept_threshold)
-            .with_outputs(ERRORS_TAG, main="labels"))
+            .with_outputs(ERRORS_TAG, *VECTOR_TABLES, main="labels"))
     rows.labels | "WriteLabels" >> write("labels")
+    for table in written_vector_tables(opts):
+        rows[table] | f"Write{table.title()}" >> write(table)
     failed_batches = (failed.failed_inferences
                       | "FailedBatches" >> beam.FlatMap(failed_batch_rows, manifest.model_version, opts.run_id))
     ((rows[ERRORS_TAG], failed_batches)
      | "AllErrors" >> beam.Flatten()
      | "WriteErrors" >> write("errors"))
+
+
+def written_vector_tables(opts: LabelOptions) -> list[str]:
+    return [table for table in VECTOR_TABLES if getattr(opts, table)]
 
 
 def make_pipeline(opts: LabelOptions) -> beam.Pipeline:

@@ -1,9 +1,11 @@
 """Every output row is built here, from what the job learned of each input: adding a column touches its
 schema in schemas/tables.py and this module only.
 
-    labels  label_row(image, prediction, ...)    a file the model labeled
-    errors  error_row(image, failure, ...)       a file that failed to read, decode or go through the model
-    runs    run_row(opts, ...)                   one per run, from the launcher's accounting
+    labels         label_row(image, prediction, ...)          a file the model labeled
+    embeddings     vector_row(image, "embedding", ...)        its embedding (label --embeddings)
+    probabilities  vector_row(image, "probabilities", ...)    its whole softmax (label --probabilities)
+    errors         error_row(image, failure, ...)             a file that failed to read, decode or go through the model
+    runs           run_row(opts, ...)                         one per run, from the launcher's accounting
 
 Each row carries the model version of the model that handled it, which changes mid-job when a streaming
 job swaps one in (--watch-model). Error messages are redacted here, as URIs are once PrepareImage has read
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import numpy as np
 from apache_beam.metrics import Metrics
 
 from common.redact import redact
@@ -48,6 +51,8 @@ class Prediction:
     indices: list[int]
     confidences: list[float]
     labels: list[str]
+    embedding: np.ndarray | None = None      # float16 [D], with --embeddings
+    probabilities: np.ndarray | None = None  # float16 [classes], with --probabilities
 
 
 def label_row(image: ImageFile, prediction: Prediction, model_version: str, run_id: str,
@@ -62,6 +67,13 @@ def label_row(image: ImageFile, prediction: Prediction, model_version: str, run_
             "margin": confidence - confidences[1] if len(confidences) > 1 else confidence,
             "decision": "accept" if confidence >= accept_threshold else "review", "model_version": model_version,
             "run_id": run_id, "labeled_at": datetime.now(UTC)}
+
+
+def vector_row(image: ImageFile, column: str, values: np.ndarray, model_version: str, run_id: str) -> dict:
+    """An embeddings or probabilities row: `column` is its table's vector column; joined to the labels row on
+    (uri, model_version, run_id)."""
+    return {"uri": image.uri, "content_sha256": image.content_sha256, column: values, "model_version": model_version,
+            "run_id": run_id}
 
 
 def error_row(image: ImageFile, failure: Failure, model_version: str, run_id: str) -> dict:

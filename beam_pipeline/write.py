@@ -90,8 +90,8 @@ def ensure_folder(path: str) -> None:
         pass  # already there (LocalFileSystem refuses to create an existing folder)
 
 
-def make_table_folders(output: str, model_version: str) -> None:
-    for table in ("labels", "errors"):
+def make_table_folders(output: str, model_version: str, also: list[str] = ()) -> None:
+    for table in ("labels", "errors", *also):
         ensure_folder(table_prefix(output, table, model_version))
 
 

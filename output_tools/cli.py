@@ -15,8 +15,10 @@ from schemas.tables import TABLES, bigquery_schema
               help="Runs, accept/review split and confidence quantiles, rows per label, failed files by type "
                    "(the default when nothing else is asked).")
 @click.option("--review", type=click.IntRange(min=1), metavar="N", help="The N rows to check by hand first.")
-@click.option("--by", type=click.Choice(["confidence", "margin"]), default="confidence", show_default=True,
-              help="--review order: least confident, or smallest margin over the runner-up.")
+@click.option("--by", type=click.Choice(["confidence", "margin", "informative"]), default="confidence",
+              show_default=True, help="--review order: least confident, smallest margin over the runner-up, or "
+              "informative: uncertain and unlike each other, so N rows are not N near-duplicates (needs "
+              "`label --embeddings`).")
 @click.option("--truth", help="Ground truth: a uri,label CSV (relative uris resolve against its folder), an "
                               "ImageFolder tree DIR/<class>/<files> matched by file name, or `reviews`: what "
                               "people said in `alexlabel review`.")
@@ -147,6 +149,30 @@ def import_reviews_command(output, source):
                f"task{'s' * (done['unknown'] != 1)} of images {output} has not labeled{unknown}")
 
 
+@click.command("audit")
+@click.argument("output")
+@click.option("--labels", metavar="MANIFEST_OR_TRUTH",
+              help="Labels to check for likely errors against the model's probabilities: a uri,label CSV or Parquet "
+                   "manifest, an ImageFolder tree DIR/<class>/<files>, or `reviews` (what people said).")
+@click.option("--model", help="The model version whose embeddings to audit (required when the output holds several).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Cosine similarity at or above which two images are near-duplicates.  [default: "
+                   "the measured one, see README]")
+@click.option("--max-margin", type=click.FloatRange(0, 1), default=None,
+              help="low_confidence: the top label at most this far above the runner-up.  [default: 0.1]")
+def audit_command(output, labels, model, threshold, max_margin):
+    """Find duplicates, near-duplicates, outliers, likely label errors and low confidence; write the issues table.
+
+    Reads the embeddings that `alexlabel label --embeddings` wrote (one model version), and writes
+    OUTPUT/issues/model=<version>/<audit_id>.parquet; `alexlabel report` shows the latest audit."""
+    from output_tools.audit import LOW_MARGIN, run_audit, summary
+    from output_tools.neighbors import DEFAULT_THRESHOLD
+
+    audit = run_audit(output, labels, model, DEFAULT_THRESHOLD if threshold is None else threshold,
+                      LOW_MARGIN if max_margin is None else max_margin)
+    click.echo(summary(audit))
+
+
 @click.command("schema")
 @click.option("--bigquery", is_flag=True,
               help="Print BigQuery JSON schemas instead of Arrow schemas: one table's field array (for "
@@ -168,8 +194,10 @@ def schema_command(bigquery, table):
 @click.option("--queue", "kind", type=click.Choice(["review", "all", "disagreements"]), default="review",
               show_default=True, help="review: rows the model sent to review; all: every row not yet reviewed; "
               "disagreements: rows people did not confirm, for a second look.")
-@click.option("--order", type=click.Choice(["confidence", "margin"]), default="confidence", show_default=True,
-              help="Least confident first, or smallest margin over the runner-up first.")
+@click.option("--order", type=click.Choice(["confidence", "margin", "informative"]), default="confidence",
+              show_default=True, help="Least confident first, smallest margin over the runner-up first, or "
+              "informative: uncertain and unlike the rows before, so near-duplicates do not come in a row "
+              "(needs `label --embeddings`).")
 @click.option("--reviewer", help="Name recorded with each decision [default: the OS user].")
 @click.option("--checkpoint", help="Where the class list comes from [default: the checkpoint the runs table names].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")

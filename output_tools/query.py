@@ -16,9 +16,12 @@ import pyarrow.parquet as pq
 
 from common.errors import UserError, first_line
 from common.storage import atomic_write_bytes, read_bytes, resolve_uri
+from output_tools import informative
 from schemas.views import NoOutput, connect, label_versions, literal  # noqa: F401 (the query API)
 
-REVIEW_ORDER = {"confidence": "confidence, margin, uri", "margin": "margin, confidence, uri"}
+# informative: margin order, then its first rows reordered by output_tools/informative.py
+REVIEW_ORDER = {"confidence": "confidence, margin, uri", "margin": "margin, confidence, uri",
+                "informative": "margin, confidence, uri"}
 # What `--to FILE` holds when no --format is given, by FILE's extension.
 EXTENSION_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".txt": "table"}
 
@@ -114,23 +117,30 @@ def human_checked(con: duckdb.DuckDBPyConnection) -> dict[str, duckdb.DuckDBPyRe
 
 
 def review(con: duckdb.DuckDBPyConnection, n: int, by: str = "confidence") -> dict[str, duckdb.DuckDBPyRelation]:
-    """The n rows a person should look at first: least confident, or closest to their runner-up.
+    """The n rows a person should look at first: least confident, closest to their runner-up, or the most
+    informative (uncertain, and unlike each other: informative.py).
 
     The order is found on narrow columns and the wide ones fetched for those n rows only: carrying them
     through the latest-row window would double the time."""
-    order = REVIEW_ORDER[by]
-    return {"review": con.sql(f"""WITH queue AS (SELECT uri, model_version, run_id, labeled_at FROM analyzed
-                                                 ORDER BY {order} LIMIT {int(n)})
-                                  SELECT uri, label, confidence, margin, topk_labels[2] AS runner_up, decision,
+    order, pool = REVIEW_ORDER[by], informative.pool_size(n) if by == "informative" else 0
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE review_queue AS
+                    SELECT row_number() OVER (ORDER BY {order}) - 1 AS pos, uri, model_version, run_id, labeled_at,
+                           margin
+                    FROM (SELECT uri, model_version, run_id, labeled_at, margin, confidence FROM analyzed
+                          ORDER BY {order} LIMIT {max(int(n), pool)})""")
+    if by == "informative":
+        informative.reorder(con, "review_queue", pool, n)
+    return {"review": con.sql(f"""SELECT uri, label, confidence, l.margin, topk_labels[2] AS runner_up, decision,
                                          model_version, run_id
-                                  FROM labels SEMI JOIN queue USING (uri, model_version, run_id, labeled_at)
-                                  ORDER BY {order}""")}
+                                  FROM labels l JOIN review_queue USING (uri, model_version, run_id, labeled_at)
+                                  WHERE pos < {int(n)} ORDER BY pos""")}
 
 
 def load_truth(con: duckdb.DuckDBPyConnection, truth: str) -> None:
     """Table `judged` (model_version, uri, key, truth, predicted): analyzed rows joined to the ground truth.
 
-    A file is a uri,label CSV matched by uri (relative uris resolve against the CSV's folder); a folder is an
+    A file is a uri,label CSV or Parquet table matched by uri (relative uris resolve against the file's folder; an
+    `alexlabel export --to manifest` file is one); a folder is an
     ImageFolder tree DIR/<class>/<files> matched by file name, which must then be unique in the tree;
     `reviews` is what people said (the reviewed view: the latest confirmed or corrected label per uri, of any
     model version they reviewed).
@@ -145,7 +155,7 @@ def load_truth(con: duckdb.DuckDBPyConnection, truth: str) -> None:
         con.register("truth", folder_truth(fs, path, truth))
         key, how = "parse_filename(l.uri)", "file name"
     elif fs.isfile(path):
-        con.register("truth", csv_truth(truth))
+        con.register("truth", file_truth(truth))
         key, how = "l.uri", "uri"
     else:
         raise QueryError(f"truth {truth} does not exist; pass a uri,label CSV or an ImageFolder tree DIR/<class>/")
@@ -156,10 +166,16 @@ def load_truth(con: duckdb.DuckDBPyConnection, truth: str) -> None:
         raise QueryError(f"no labeled image matches truth {truth} by {how}; check that it describes this output")
 
 
-def csv_truth(truth: str) -> pa.Table:
-    rows = list(csv.DictReader(io.StringIO(read_bytes(truth).decode())))
-    if not rows or not {"uri", "label"} <= rows[0].keys():
-        raise QueryError(f"truth file {truth} needs a header line with the columns uri,label")
+def file_truth(truth: str) -> pa.Table:
+    if truth.lower().endswith(".parquet"):
+        table = pq.read_table(io.BytesIO(read_bytes(truth)))
+        if not {"uri", "label"} <= set(table.column_names):
+            raise QueryError(f"truth file {truth} needs the columns uri and label")
+        rows = table.select(["uri", "label"]).to_pylist()
+    else:
+        rows = list(csv.DictReader(io.StringIO(read_bytes(truth).decode())))
+        if not rows or not {"uri", "label"} <= rows[0].keys():
+            raise QueryError(f"truth file {truth} needs a header line with the columns uri,label")
     return pa.table({"key": [resolve_uri(r["uri"], truth) for r in rows], "label": [r["label"] for r in rows]})
 
 

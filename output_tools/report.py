@@ -6,6 +6,7 @@ labels, uris and error messages come from files and checkpoints nobody vetted.
 """
 import base64
 import html
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -26,7 +27,9 @@ td.num{text-align:right}.meta{color:#555}.accept{fill:#3a7d44}.review{fill:#e08a
 figure{margin:0;border:1px solid #ddd;padding:6px;width:200px}figcaption{font-size:12px;overflow-wrap:anywhere}
 .queue figure{width:150px}.noimg{width:96px;height:72px;background:#eee;color:#777;font-size:11px;
 display:flex;align-items:center;justify-content:center}.uri{color:#666}.legend span{padding:0 6px;color:#fff}
-td.msg{max-width:520px;overflow-wrap:anywhere}"""
+td.msg{max-width:520px;overflow-wrap:anywhere}.strip{display:flex;gap:6px;align-items:flex-start;margin:6px 0;
+padding:6px;border:1px solid #ddd}.strip figure{width:110px;border:0;padding:0}"""
+SETS_SHOWN, PER_SET, ISSUES_SHOWN = 12, 6, 24  # duplicate sets, images per set, label errors and outliers
 
 
 def esc(value) -> str:
@@ -77,6 +80,7 @@ def sections(con: duckdb.DuckDBPyConnection, review_n: int, by: str, max_errors:
                       f'<p class="meta">Confirm or correct them in the review app: <code>alexlabel review '
                       f'{esc(output)}</code></p>' + review_queue(queue))
             + (section("What people said", people(tables)) if "human_checked" in tables else "")
+            + section("Curation: the latest audit", curation(con, output))
             + section(f"Errors: {n_errors} {counted}, showing {min(n_errors, max_errors)}",
                       relation_table(tables["errors"]) + relation_table(errors, "errors-table"))
             + section("Runs", relation_table(tables["runs"])))
@@ -146,17 +150,65 @@ def histogram(label: str, counts: list[int]) -> str:
 
 
 def review_queue(rows: list[tuple]) -> str:
-    """Cards with a thumbnail per row; images are read in parallel, as they may sit in a bucket."""
+    items = [(uri, label, f"<b>{esc(label)}</b> {confidence:.3f}, margin {margin:.3f}"
+              + (f", runner-up {esc(runner_up)}" if runner_up else ""))
+             for uri, label, confidence, margin, runner_up, *_ in rows]
+    return f'<div class="queue">{cards(items)}</div>'
+
+
+def cards(items: list[tuple[str, str, str]]) -> str:
+    """A figure per (uri, alt text, caption html) with the image's thumbnail; images are read in parallel, as they
+    may sit in a bucket."""
     with ThreadPoolExecutor(8) as pool:
-        thumbs = list(pool.map(thumbnail, [row[0] for row in rows]))
-    cards = []
-    for (uri, label, confidence, margin, runner_up, *_), thumb in zip(rows, thumbs, strict=True):
-        image = (f'<img class="thumb" src="{thumb}" alt="{esc(label)}">' if thumb
+        thumbs = list(pool.map(thumbnail, [uri for uri, _, _ in items]))
+    figures = []
+    for (uri, alt, caption), thumb in zip(items, thumbs, strict=True):
+        image = (f'<img class="thumb" src="{thumb}" alt="{esc(alt)}">' if thumb
                  else '<div class="noimg">no preview</div>')
-        cards.append(f"<figure>{image}<figcaption><b>{esc(label)}</b> {confidence:.3f}, margin {margin:.3f}"
-                     f"{f', runner-up {esc(runner_up)}' if runner_up else ''}<br>"
-                     f'<span class="uri">{esc(uri)}</span></figcaption></figure>')
-    return f'<div class="queue">{"".join(cards)}</div>'
+        figures.append(f'<figure>{image}<figcaption>{caption}<br><span class="uri">{esc(uri)}</span></figcaption>'
+                       "</figure>")
+    return "".join(figures)
+
+
+def curation(con: duckdb.DuckDBPyConnection, output: str) -> str:
+    """What `alexlabel audit` found last: counts, duplicate sets as thumbnail strips, the likeliest label errors
+    and the furthest outliers."""
+    con.execute("""CREATE OR REPLACE TEMP VIEW issues_shown AS
+                   SELECT * FROM latest_issues WHERE model_version IN (SELECT model_version FROM analyzed)""")
+    if not con.sql("SELECT count(*) FROM issues_shown").fetchall()[0][0]:
+        return (f'<p class="meta">No audit yet: <code>alexlabel audit {esc(output)}</code> finds duplicates, '
+                "outliers, likely label errors and low confidence (label with --embeddings first).</p>")
+    worst = "SELECT uri, score, suggested_label, details FROM issues_shown WHERE issue = $1 ORDER BY score DESC, uri " \
+            f"LIMIT {ISSUES_SHOWN}"
+    counts = con.sql("""SELECT issue, count(*) AS images, count(DISTINCT group_id) AS sets, any_value(audit_id) AS audit
+                        FROM issues_shown GROUP BY issue ORDER BY issue""")
+    return (relation_table(counts, "issue-counts") + "<h3>Duplicate sets</h3>" + duplicate_strips(con)
+            + "<h3>Likely label errors</h3>" + issue_cards(con.execute(worst, ["label_error"]).fetchall())
+            + "<h3>Outliers</h3>" + issue_cards(con.execute(worst, ["outlier"]).fetchall()))
+
+
+def duplicate_strips(con: duckdb.DuckDBPyConnection) -> str:
+    sets = con.sql(f"""SELECT issue, group_id, count(*) AS size, max(score) AS score,
+                              list(uri ORDER BY score DESC, uri)[1:{PER_SET}] AS uris
+                       FROM issues_shown WHERE issue IN ('exact_duplicate', 'near_duplicate')
+                       GROUP BY ALL ORDER BY size DESC, group_id LIMIT {SETS_SHOWN}""").fetchall()
+    if not sets:
+        return '<p class="meta">None found.</p>'
+    return "".join(f'<div class="strip"><p>{esc(issue.replace("_", " "))}<br>{size} images<br>similarity '
+                   f"{score:.3f}</p>{cards([(uri, 'duplicate', '') for uri in uris])}</div>"
+                   for issue, _, size, score, uris in sets)
+
+
+def issue_cards(rows: list[tuple]) -> str:
+    if not rows:
+        return '<p class="meta">None found.</p>'
+    items = []
+    for uri, score, suggested, details in rows:
+        given = json.loads(details).get("given_label")
+        caption = f"score {score:.3f}" + (f"<br>given <b>{esc(given)}</b>, model says <b>{esc(suggested)}</b>"
+                                          if given else "")
+        items.append((uri, given or "outlier", caption))
+    return f'<div class="queue">{cards(items)}</div>'
 
 
 def thumbnail(uri: str) -> str | None:

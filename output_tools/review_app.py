@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from common.errors import UserError, first_line
 from common.storage import read_bytes
-from output_tools import query
+from output_tools import informative, query
 from output_tools.reviews import ACTIONS, ReviewLog, review_row
 from schemas.images import jpeg_preview, open_image
 from schemas.views import latest_checkpoint, one_version
@@ -47,7 +47,8 @@ class ReviewError(UserError):
 
 class Queue:
     """The rows to review, in order, held in a DuckDB temp table: opening it is one query, however many
-    label rows the output holds, and each page of items or image check is a lookup."""
+    label rows the output holds (the informative order then reorders the first POOL_CAP rows in numpy), and
+    each page of items or image check is a lookup."""
 
     def __init__(self, output: str, model: str | None, kind: str, order: str):
         self.con = query.connect(output, model)
@@ -57,6 +58,8 @@ class Queue:
         self.con.execute(f"""CREATE TEMP TABLE queue AS
                              SELECT row_number() OVER (ORDER BY {query.REVIEW_ORDER[order]}) - 1 AS pos, *
                              {QUEUES[kind]} ORDER BY pos""")  # stored in order: a page is a zone-map lookup
+        if order == "informative":  # the app has no batch: the whole pool, each next row the most unlike those before
+            informative.reorder(self.con, "queue", informative.POOL_CAP, informative.POOL_CAP)
         self.size = self.sql("SELECT count(*) FROM queue")[0][0]
 
     def sql(self, sql: str, params: list | None = None) -> list[tuple]:

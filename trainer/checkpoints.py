@@ -1,9 +1,11 @@
 """What a training run writes and reads back under --output: model.pt and the best epochs (inference
-checkpoints, calibrated), last.pt (the whole training state, for an exact --resume), and their clean-up."""
+checkpoints, calibrated), model.pt's embedding projection, last.pt (the whole training state, for an exact
+--resume), and their clean-up."""
 import io
 import json
 import random
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 
 import fsspec
@@ -12,10 +14,12 @@ import torchvision
 
 from common.errors import UserError, first_line
 from common.storage import atomic_write_bytes, read_bytes
-from schemas.checkpoint import Manifest, save_checkpoint
+from schemas.checkpoint import Manifest, load_checkpoint, save_checkpoint, split_projection, with_projection
 from trainer import distributed
 from trainer.calibrate import expected_calibration_error, fit_temperature
 from trainer.distributed import World
+from trainer.embedding import fit_projection
+from trainer.models import build_model
 
 
 def rank_best(kept: list, candidate: list, k: int) -> tuple[list, list[str]]:
@@ -40,6 +44,27 @@ def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list
     state_dict = model.state_dict()
     first, *others = [f"{cfg.output}/{name}" for name in names]
     return save_checkpoint(first, state_dict, manifest, also=others)
+
+
+def add_projection(url: str, images: list[str], dim: int, source: str, also: Sequence[str] = (),
+                   **fit_options) -> Manifest:
+    """Rewrite the checkpoint at `url` (and its copies `also`) with an embedding projection fitted for its own
+    weights on `images`; returns the new manifest. Read back from the file, not taken from the training loop,
+    whose model has moved on since its best epoch (or, on --resume, never held it)."""
+    weights, manifest = load_checkpoint(url)
+    weights, _ = split_projection(weights)
+    module = build_model(manifest.arch, len(manifest.class_names), weights, **manifest.arch_kwargs)
+    projection, info = fit_projection(module, images, manifest.preprocess, dim, source=source, **fit_options)
+    return save_checkpoint(url, with_projection(weights, projection), replace(manifest, embedding=info), also=also)
+
+
+def twins(output: str, kept: list, manifest: Manifest) -> list[str]:
+    """The kept best-epoch file that holds model.pt's bytes, as a list: the first kept, written with it, unless
+    --keep-best changed on a resume; so its hash is checked, not assumed."""
+    if not kept:
+        return []
+    url = f"{output}/{kept[0][0]}"
+    return [url] if load_checkpoint(url)[1].weights_sha256 == manifest.weights_sha256 else []
 
 
 def clear_previous_run(output: str) -> None:

@@ -14,6 +14,7 @@ from trainer import distributed
 from trainer.config import ARCH_DEFAULTS, CHOICES, TrainConfig
 from trainer.data import class_differences, class_folders, eval_loader, list_image_folder
 from trainer.distributed import World
+from trainer.embedding import DIM, MAX_IMAGES
 from trainer.evaluate import accuracy_report, format_confusion, predict
 from trainer.models import ARCHS, load_model
 from trainer.train import train
@@ -86,6 +87,9 @@ def arch_default(option: str) -> str:
               help="Keep the K best epochs by val top-1 as best-epochNNN-top1-X.XXX.pt beside model.pt.")
 @click.option("--stop-after-steps", type=int, default=0, show_default=True,
               help="End this run at batch N, counted over all epochs, with last.pt saved; --resume continues.")
+@click.option("--embedding-dim", type=int, default=DIM, show_default=True,
+              help="Dimensions of the embedding projection (a PCA of the penultimate activations, on the training "
+              "set) that model.pt carries for `label --embeddings`; 0: none.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUTPUT/last.pt.")
 @click.option("--overwrite", is_flag=True, help="Train anew into an --output that holds a model.pt or last.pt, "
               "replacing them.")
@@ -129,16 +133,26 @@ def resolve_checkpoint(url: str) -> str:
 @click.option("--resize", type=int, default=IMAGENET_EVAL.resize, show_default=True, help="Eval resize of the "
               "shorter side.")
 @click.option("--crop", type=int, default=IMAGENET_EVAL.crop, show_default=True, help="Eval center crop.")
-def import_weights_command(state_dict, arch, classes_file, output, resize, crop):
+@click.option("--fit-pca", metavar="FOLDER", default="", help="Fit the embedding projection (for `label "
+              "--embeddings`) on the images anywhere under this folder or bucket URL, e.g. a sample of those you "
+              f"will label; at most {MAX_IMAGES} of them are used.")
+@click.option("--embedding-dim", type=click.IntRange(min=1), help=f"With --fit-pca: the embedding's dimensions "
+              f"[default: {DIM}].")
+def import_weights_command(state_dict, arch, classes_file, output, resize, crop, fit_pca, embedding_dim):
     """Wrap a state dict file (e.g. torchvision's ImageNet AlexNet weights) into a checkpoint to label with."""
     check_output_file(output, "--output")
+    if embedding_dim and not fit_pca:
+        raise UserError("--embedding-dim sizes the projection that --fit-pca fits; give --fit-pca FOLDER too")
     try:
         preprocess = replace(IMAGENET_EVAL, resize=resize, crop=crop)
     except ValueError as e:
         raise UserError(str(e)) from None
-    manifest = import_weights(state_dict, arch, classes_file, output, preprocess)
+    manifest = import_weights(state_dict, arch, classes_file, output, preprocess, fit_pca, embedding_dim or DIM)
+    e = manifest.embedding
+    fitted = (f"embedding projection of {e['dim']} dimensions fitted on {e['fitted_on']} images "
+              f"({e['explained_variance']:.1%} of the variance), " if e else "")
     click.echo(f"wrote {output}: {arch}, {len(manifest.class_names)} classes, temperature 1.0 (uncalibrated), "
-               f"model_version {manifest.model_version}")
+               f"{fitted}model_version {manifest.model_version}")
 
 
 @click.command("evaluate")

@@ -6,6 +6,7 @@ import fsspec
 
 from common.errors import UserError
 from trainer.data import CROPS
+from trainer.embedding import DIM
 
 # What the options left unset (None) are, per architecture: the paper's SGD recipe for the ImageNet-sized
 # networks; the demo's AdamW recipe for alexnet_small, on which SGD at lr 0.01 diverged to chance.
@@ -55,6 +56,7 @@ class TrainConfig:
     save_every_steps: int = 0      # also write last.pt every this many batches; 0: at epoch ends only
     keep_best: int = 0             # keep the best this many epochs as best-epochNNN-top1-X.XXX.pt
     stop_after_steps: int = 0      # end this run at this batch (counted over all epochs); --resume continues
+    embedding_dim: int = DIM       # dimensions of the embedding projection fitted into model.pt; 0: none
     resume: bool = False
     overwrite: bool = False        # train anew into an output that holds a model.pt or last.pt
 
@@ -71,6 +73,9 @@ class TrainConfig:
             if getattr(self, name) not in words:
                 raise UserError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; "
                                 f"use {', '.join(words[:-1])} or {words[-1]}")
+        if self.embedding_dim < 0:
+            raise UserError(f"--embedding-dim {self.embedding_dim} is negative; give the embedding's dimensions, "
+                            "or 0 for no embedding projection")
         if self.resume and self.overwrite:
             raise UserError("--resume continues the run in --output and --overwrite starts anew over it; give one")
         fs, root = fsspec.core.url_to_fs(self.output)

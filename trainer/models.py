@@ -107,11 +107,8 @@ def load_model(checkpoint: str) -> tuple[nn.Module, Manifest, Projection | None]
 
 
 def features_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass: the penultimate activations (what the last Linear layer reads) and the logits."""
-    captured = []
-    hook = module.classifier[-1].register_forward_pre_hook(lambda _, args: captured.append(args[0]))
-    try:
-        logits = module(x)
-    finally:
-        hook.remove()
-    return captured[0], logits
+    """One forward pass, as every ARCHS network's forward runs it, giving the penultimate activations (what the
+    last Linear layer reads) and the logits. Spelled out rather than hooked: a hook on a model that several
+    labeling threads share would hand one thread's activations to another."""
+    penultimate = module.classifier[:-1](torch.flatten(module.avgpool(module.features(x)), 1))
+    return penultimate, module.classifier[-1](penultimate)

@@ -4,7 +4,8 @@ Data: DATA/train/<class>/ and DATA/val/<class>/, or two (uri, label) manifests i
 as a labels table filtered to its accepted rows. Writes under OUTPUT:
 - last.pt: the full training state (weights, optimizer, schedules, AMP scaler, RNGs, position in the
   epoch) at each epoch end and every save_every_steps batches; --resume continues from it exactly;
-- model.pt: the best epoch by val top-1, as an inference checkpoint (schemas.checkpoint), calibrated;
+- model.pt: the best epoch by val top-1, as an inference checkpoint (schemas.checkpoint), calibrated, with
+  the embedding projection fitted on the training set once the run ends;
 - best-epochNNN-top1-X.XXX.pt: the keep_best best epochs, in the same format;
 - metrics.jsonl: one row per epoch.
 Every file is written atomically (common.storage), so a crash leaves the previous version readable; what
@@ -35,7 +36,16 @@ from schemas.checkpoint import Manifest, load_checkpoint
 from schemas.transform import Preprocess
 from trainer import distributed
 from trainer.calibrate import calibration_warning
-from trainer.checkpoints import clear_previous_run, export, rank_best, remove, resume, save_training_state
+from trainer.checkpoints import (
+    add_projection,
+    clear_previous_run,
+    export,
+    rank_best,
+    remove,
+    resume,
+    save_training_state,
+    twins,
+)
 from trainer.config import TrainConfig
 from trainer.data import (
     EpochSampler,
@@ -126,7 +136,7 @@ def train(cfg: TrainConfig) -> Manifest | None:
 
 def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None:
     """Per epoch: train its steps, stop if asked mid-epoch, validate, record, export the best, save last.pt;
-    then warn if the temperature of the model.pt it leaves is not to be trusted."""
+    then fit model.pt's embedding projection, and warn if its temperature is not to be trusted."""
     say = print if world.main else lambda *_: None  # one process reports for all
     t = setup(cfg, world, device)
     state = {"epoch": 0, "step": 0, "best_top1": -1.0, "kept": [], "run_id": uuid.uuid4().hex[:12], "metrics": []}
@@ -142,7 +152,7 @@ def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None
     # process stops at the same step, whole, and last.pt is saved there. A second Ctrl-C only asks again: under
     # --nproc each process gets the terminal's and the launcher's.
     with ctrl_c_sets(t.stop_requested):
-        say(f"training {cfg.arch} on {t.train_images} images, {len(t.classes)} classes, {device}"
+        say(f"training {cfg.arch} on {len(t.train_samples)} images, {len(t.classes)} classes, {device}"
             f"{' ' + str(t.dtype).removeprefix('torch.') if t.dtype else ''}"
             f"{f' x {world.size} processes' if world.size > 1 else ''}; validating on {t.val_images}")
         for epoch in range(state["epoch"], cfg.epochs):
@@ -170,8 +180,8 @@ def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None
             if (epoch + 1) * t.steps_per_epoch == cfg.stop_after_steps:
                 say(f"stopped after epoch {epoch + 1}; continue with --resume")
                 break
-    if best is None and state["best_top1"] >= 0 and world.main:
-        best = load_checkpoint(f"{cfg.output}/model.pt")[1]
+    if state["best_top1"] >= 0 and world.main:
+        best = with_embedding(t, state, best or load_checkpoint(f"{cfg.output}/model.pt")[1])
     if best and (miscalibrated := calibration_warning(best.temperature, best.metrics)):
         warn(miscalibrated)
     return best
@@ -209,7 +219,7 @@ class Training:
     pre: Preprocess
     memory_format: torch.memory_format
     classes: list[str]
-    train_images: int
+    train_samples: list[tuple[str, int]]  # (uri, label index); the embedding projection is fitted on these
     val_images: int
     sampler: EpochSampler
     train_loader: torch.utils.data.DataLoader
@@ -258,7 +268,7 @@ def setup(cfg: TrainConfig, world: World, device: torch.device) -> Training:
     scheduler, plateau = make_schedulers(cfg, optimizer, steps_per_epoch)
     return Training(
         cfg=cfg, world=world, device=device, dtype=dtype, pre=pre, memory_format=memory_format, classes=classes,
-        train_images=len(train_samples), val_images=len(val_samples), sampler=sampler, train_loader=train_loader,
+        train_samples=train_samples, val_images=len(val_samples), sampler=sampler, train_loader=train_loader,
         val_loader=val_loader, steps_per_epoch=steps_per_epoch, model=model, net=net, optimizer=optimizer,
         scheduler=scheduler, plateau=plateau,
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),  # a no-op unless fp16
@@ -380,6 +390,31 @@ def save_epoch_end(t: Training, state: dict, dropped: list[str]) -> None:
         remove(t.cfg.output, dropped)  # after last.pt stopped naming them
         metrics_lines = "".join(json.dumps(r) + "\n" for r in state["metrics"])
         atomic_write_bytes(f"{t.cfg.output}/metrics.jsonl", metrics_lines.encode())
+
+
+def with_embedding(t: Training, state: dict, best: Manifest) -> Manifest:
+    """model.pt (best's) with the embedding projection fitted for its weights on the training set.
+
+    Once, after the loop, for the model the run leaves: not at every epoch that improves. Rank 0 alone fits, after
+    the last collective step, so the other processes are free to leave. model.pt's twin among the kept best-epoch
+    files gets the same bytes, so the two keep one model version. A model.pt that has a projection already (a
+    resumed run that did not improve on it) keeps it. One that cannot be fitted (a diverged network) is a warning:
+    the trained model is written all the same.
+    """
+    if not t.cfg.embedding_dim or best.embedding:
+        return best
+    t0 = time.perf_counter()
+    try:
+        best = add_projection(f"{t.cfg.output}/model.pt", [uri for uri, _ in t.train_samples], t.cfg.embedding_dim,
+                              "training set", twins(t.cfg.output, state["kept"], best), device=t.device,
+                              amp_dtype=t.dtype, batch_size=t.cfg.batch_size, workers=t.cfg.workers, seed=t.cfg.seed)
+    except UserError as e:
+        warn(f"model.pt has no embedding projection for `label --embeddings`: {e}")
+        return best
+    e = best.embedding
+    print(f"fitted the embedding projection on {e['fitted_on']} training images: {e['dim']} of {e['features']} "
+          f"dimensions keep {e['explained_variance']:.1%} of the variance ({time.perf_counter() - t0:.1f} s)")
+    return best
 
 
 def validate(model, val_loader, pre, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:

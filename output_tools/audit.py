@@ -1,0 +1,279 @@
+"""`alexlabel audit OUT`: what is wrong with a labeled image set, as an `issues` table (schemas/tables.py ISSUES).
+
+    exact_duplicate  the same bytes (content_sha256) under different uris
+    near_duplicate   embeddings closer than a cosine threshold, grouped into sets (neighbors.py, faiss)
+    outlier          images far from all their nearest neighbours (neighbors.py)
+    label_error      given labels the model's probabilities contradict, by confident learning (cleanlab)
+    low_confidence   the model's own uncertainty: its margin over the runner-up, with the entropy beside it
+
+It reads the `vectors` view (label rows with their embedding: `alexlabel label --embeddings`) of one model
+version, and writes OUT/issues/model=<version>/<audit_id>.parquet in one atomic write: an audit is all there or
+not at all. Every issue row is built in `issue_row`.
+"""
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from common.errors import UserError
+from common.ids import new_id
+from common.storage import atomic_write_bytes
+from output_tools import neighbors, query
+from schemas.tables import ISSUES
+from schemas.views import connect
+
+LOW_MARGIN = 0.1  # low_confidence: top-1 probability at most this far above the runner-up
+COLUMNS = "uri, content_sha256, label, confidence, margin, topk_labels, topk_indices, topk_confidences"
+
+
+class AuditError(UserError):
+    """An audit that cannot run as asked: no embeddings, mixed model versions, labels that match nothing."""
+
+
+@dataclass
+class Images:
+    """The audited rows of one model version, in uri order: their label columns and vectors."""
+
+    model_version: str
+    rows: pa.Table                              # COLUMNS
+    embeddings: np.ndarray                      # [N, D] float16
+    probabilities: np.ndarray | None = None     # [N, classes] float16, where every row has them
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Audit:
+    audit_id: str
+    images: Images
+    issues: list[dict]
+    notes: list[str]                            # how the audit went: what it used, what it left out
+    url: str = ""
+
+
+def run_audit(output: str, labels: str | None = None, model: str | None = None,
+              threshold: float = neighbors.DEFAULT_THRESHOLD, max_margin: float = LOW_MARGIN) -> Audit:
+    """Find every issue in the newest label rows of one model version and write them as one issues file."""
+    con = connect(output, model)
+    images = load_images(con, output)
+    audit_id, notes = new_id(), []
+    issues = exact_duplicates(images)
+    sims, ids = neighbors.nearest(images.embeddings)
+    issues += near_duplicates(images, sims, ids, threshold, first_group=group_count(issues))
+    issues += outliers(images, sims)
+    if labels:
+        issues += label_errors(con, images, labels, notes)
+    issues += low_confidence(images, max_margin)
+    audit = Audit(audit_id, images, issues, notes)
+    audit.url = write_issues(output, audit)
+    return audit
+
+
+def load_images(con: duckdb.DuckDBPyConnection, output: str) -> Images:
+    """The vectors view of the one model version audited (refusing to mix versions), sorted by uri."""
+    versions = [v for (v,) in con.sql("SELECT DISTINCT model_version FROM vectors ORDER BY 1").fetchall()]
+    if not versions:
+        raise AuditError(f"{output} has no embeddings to audit; label with `alexlabel label --embeddings` "
+                         "(add --probabilities too for exact label-error scores)")
+    if len(versions) > 1:
+        raise AuditError(f"{output} holds embeddings of {len(versions)} model versions ({', '.join(versions)}), "
+                         "which are not comparable; pick one with --model")
+    n, without = con.execute("SELECT count(*), count(*) FILTER (probabilities IS NULL) FROM vectors").fetchall()[0]
+    reader = con.sql(f"SELECT {COLUMNS}, embedding, probabilities FROM vectors").to_arrow_reader(65536)
+    parts, at = [], 0
+    filled: dict[str, np.ndarray | None] = dict.fromkeys(["embedding"] + ([] if without else ["probabilities"]))
+    for batch in reader:
+        parts.append(batch.select(COLUMNS.split(", ")))
+        for column, matrix in filled.items():
+            filled[column] = fill(matrix, batch.column(column), at, n)
+        at += batch.num_rows
+    order = pc.sort_indices(rows := pa.Table.from_batches(parts), [("uri", "ascending")])
+    rows, order = rows.take(order), order.to_numpy()
+    embeddings, probabilities = filled["embedding"][order], filled.get("probabilities")
+    return Images(versions[0], rows, embeddings, None if probabilities is None else probabilities[order],
+                  class_names(rows))
+
+
+def fill(matrix: np.ndarray | None, lists: pa.ListArray, at: int, n: int) -> np.ndarray:
+    """Copy one batch of float lists into rows at.. of a float16 [n, D] matrix (made at the first batch), so the
+    float32 lists DuckDB hands over never exist all at once."""
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).reshape(len(lists), -1)
+    if matrix is None:
+        matrix = np.empty((n, values.shape[1]), np.float16)
+    matrix[at:at + len(values)] = values
+    return matrix
+
+
+def class_names(rows: pa.Table) -> list[str]:
+    """The model's classes in logit order, as far as the rows' top-k lists name them (all of them, in practice)."""
+    pairs = dict(zip(pc.list_flatten(rows["topk_indices"]).to_pylist(),
+                     pc.list_flatten(rows["topk_labels"]).to_pylist(), strict=True))
+    names = [""] * (max(pairs) + 1)
+    for i, name in pairs.items():
+        names[i] = name
+    return names
+
+
+def issue_row(images: Images, i: int, issue: str, score: float, group_id: int | None = None,
+              suggested_label: str | None = None, **details) -> dict:
+    return {"uri": images.rows["uri"][i].as_py(), "issue": issue, "score": float(np.clip(score, 0, 1)),
+            "group_id": group_id, "suggested_label": suggested_label,
+            "details": json.dumps(details, sort_keys=True, default=float)}
+
+
+def group_count(issues: list[dict]) -> int:
+    return 1 + max((r["group_id"] for r in issues if r["group_id"] is not None), default=-1)
+
+
+def exact_duplicates(images: Images) -> list[dict]:
+    """Sets of uris with the same bytes; a set's group id is shared with no other set in the audit."""
+    hashes = images.rows["content_sha256"].to_numpy(zero_copy_only=False)
+    _, first, inverse, counts = np.unique(hashes, return_index=True, return_inverse=True, return_counts=True)
+    sets = np.flatnonzero(counts > 1)
+    group_of = {s: g for g, s in enumerate(sorted(sets, key=lambda s: first[s]))}
+    return [issue_row(images, i, "exact_duplicate", 1.0, group_of[inverse[i]], copies=int(counts[inverse[i]]))
+            for i in np.flatnonzero(counts[inverse] > 1)]
+
+
+def near_duplicates(images: Images, sims: np.ndarray, ids: np.ndarray, threshold: float,
+                    first_group: int) -> list[dict]:
+    """Sets of images whose embeddings are within `threshold` cosine similarity, joined transitively. A set whose
+    members all have the same bytes is an exact duplicate only, and is not repeated here."""
+    group = neighbors.groups(sims, ids, threshold)
+    hashes = images.rows["content_sha256"].to_numpy(zero_copy_only=False)
+    members: dict[int, list[int]] = {}
+    for i in np.flatnonzero(group >= 0):
+        members.setdefault(int(group[i]), []).append(int(i))
+    sets = [m for m in members.values() if len({hashes[i] for i in m}) > 1]
+    close = np.where(sims >= threshold, sims, -np.inf)
+    uris = images.rows["uri"]
+    rows = []
+    for g, members_of in enumerate(sorted(sets, key=min), start=first_group):
+        for i in members_of:
+            j = int(close[i].argmax())
+            rows.append(issue_row(images, i, "near_duplicate", float(close[i, j]), g, similarity=float(close[i, j]),
+                                  nearest=uris[int(ids[i, j])].as_py(), size=len(members_of)))
+    return rows
+
+
+def outliers(images: Images, sims: np.ndarray) -> list[dict]:
+    """Images much further from their nearest neighbours than images usually are (neighbors.flag_outliers): the
+    kNN distance is used, not the distance to the label's centre, because it needs no trust in the labels and
+    classes are rarely round clusters."""
+    scores, flagged, distance = (f(sims) for f in (neighbors.outlier_scores, neighbors.flag_outliers,
+                                                   neighbors.mean_distance))
+    return [issue_row(images, i, "outlier", scores[i], knn_distance=float(distance[i]), k=sims.shape[1])
+            for i in np.flatnonzero(flagged)]
+
+
+def label_errors(con: duckdb.DuckDBPyConnection, images: Images, labels: str, notes: list[str]) -> list[dict]:
+    """Given labels the model's out-of-sample probabilities contradict (cleanlab's find_label_issues).
+
+    The probabilities are the run's own (--probabilities) or, without them, rebuilt from the top-k: its
+    probabilities as they are and the rest spread evenly over the other classes, which ranks the same way
+    whenever the given label is in the top-k and is an approximation otherwise."""
+    from cleanlab.filter import find_label_issues  # seconds of importing sklearn and pandas: only when asked
+    from cleanlab.rank import get_label_quality_scores
+
+    given = given_labels(con, images, labels)
+    index = {name: i for i, name in enumerate(images.class_names)}
+    known = [(i, index[g]) for i, g in given if g in index]
+    if unknown := len(given) - len(known):
+        notes.append(f"{unknown} given labels name no class of the model and were left out")
+    rows_at, label_at = np.array([i for i, _ in known], np.int64), np.array([c for _, c in known], np.int64)
+    probs = probabilities(images, rows_at)
+    notes.append(f"label errors: {len(known)} given labels checked against "
+                 + ("the stored probabilities" if images.probabilities is not None else
+                    "probabilities rebuilt from the top-k (label with --probabilities for exact ones)"))
+    classes = np.unique(label_at)  # cleanlab wants every class it sees given at least once
+    if len(classes) < 2:
+        notes.append("label errors need given labels of two classes at least; none were looked for")
+        return []
+    keep = np.isin(np.arange(probs.shape[1]), classes)
+    probs = probs[:, keep] / np.maximum(probs[:, keep].sum(1, keepdims=True), 1e-12)
+    dense = np.searchsorted(classes, label_at)
+    issues = find_label_issues(dense, probs, filter_by="prune_by_noise_rate")
+    quality = get_label_quality_scores(dense, probs, method="self_confidence")
+    names = [images.class_names[c] for c in classes]
+    return [issue_row(images, int(rows_at[j]), "label_error", 1 - quality[j], suggested_label=names[probs[j].argmax()],
+                      given_label=names[dense[j]], given_probability=float(probs[j, dense[j]]))
+            for j in np.flatnonzero(issues)]
+
+
+def given_labels(con: duckdb.DuckDBPyConnection, images: Images, labels: str) -> list[tuple[int, str]]:
+    """(row, given label) for each audited row the labels name: a uri,label CSV or Parquet file, an ImageFolder
+    tree, or `reviews` (what people said), the forms `query --truth` takes."""
+    try:
+        query.load_truth(con, labels)
+    except query.QueryError as e:
+        raise AuditError(f"--labels: {e}") from None
+    at = {uri: i for i, uri in enumerate(images.rows["uri"].to_pylist())}
+    given = con.execute("SELECT uri, truth FROM judged WHERE model_version = $1", [images.model_version]).fetchall()
+    found = [(at[uri], label) for uri, label in given if uri in at]
+    if not found:
+        raise AuditError(f"--labels {labels} matches no uri with an embedding; give labels for the images "
+                         "`alexlabel label --embeddings` labeled")
+    return sorted(found)
+
+
+def probabilities(images: Images, rows_at: np.ndarray) -> np.ndarray:
+    """[len(rows_at), classes] float32: the stored probabilities, or those rebuilt from the top-k."""
+    if images.probabilities is not None:
+        return images.probabilities[rows_at].astype(np.float32)
+    k_classes = len(images.class_names)
+    if not len(rows_at):
+        return np.zeros((0, k_classes), np.float32)
+    top_p = images.rows["topk_confidences"].take(pa.array(rows_at, pa.int64()))
+    top_i = images.rows["topk_indices"].take(pa.array(rows_at, pa.int64()))
+    p, idx = (pc.list_flatten(c).to_numpy().reshape(len(rows_at), -1) for c in (top_p, top_i))
+    rest = np.maximum(1 - p.sum(1, keepdims=True), 0) / max(k_classes - p.shape[1], 1)
+    out = np.repeat(rest, k_classes, axis=1).astype(np.float32)
+    np.put_along_axis(out, idx.astype(np.int64), p, axis=1)
+    return out
+
+
+def low_confidence(images: Images, max_margin: float) -> list[dict]:
+    """Rows whose top-1 is within `max_margin` of the runner-up; scored 1 - margin, with the entropy beside."""
+    margin = images.rows["margin"].to_numpy()
+    rows_at = np.flatnonzero(margin <= max_margin)
+    entropy = np.concatenate([normalized_entropy(probabilities(images, part))
+                              for part in np.array_split(rows_at, max(1, len(rows_at) // 8192))])
+    confidence = images.rows["confidence"].to_numpy()
+    return [issue_row(images, int(i), "low_confidence", 1 - margin[i], margin=float(margin[i]),
+                      entropy=float(h), confidence=float(confidence[i])) for i, h in zip(rows_at, entropy, strict=True)]
+
+
+def normalized_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy over log(classes): 0 when sure of one class, 1 when all are equally likely."""
+    return -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1) / np.log(max(probs.shape[1], 2))
+
+
+def write_issues(output: str, audit: Audit) -> str:
+    at = datetime.now(UTC)
+    rows = [{**r, "model_version": audit.images.model_version, "audit_id": audit.audit_id, "audited_at": at}
+            for r in audit.issues]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=ISSUES), buf, compression="zstd")
+    url = f"{output.rstrip('/')}/issues/model={audit.images.model_version}/{audit.audit_id}.parquet"
+    atomic_write_bytes(url, buf.getvalue())
+    return url
+
+
+def summary(audit: Audit) -> str:
+    """What the audit found: images and sets per issue, the worst few of each, and its notes."""
+    n = audit.images.rows.num_rows
+    lines = [f"audit {audit.audit_id} of model version {audit.images.model_version}: {n} images -> {audit.url}"]
+    for kind in ("exact_duplicate", "near_duplicate", "outlier", "label_error", "low_confidence"):
+        found = sorted((r for r in audit.issues if r["issue"] == kind), key=lambda r: (-r["score"], r["uri"]))
+        sets = len({r["group_id"] for r in found if r["group_id"] is not None})
+        lines.append(f"  {kind:<15} {len(found):>8} images ({len(found) / max(n, 1):.1%})"
+                     + (f" in {sets} sets" if sets else ""))
+        lines += [f"      {r['score']:.3f}  {r['uri']}" + (f"  -> {r['suggested_label']}" if r["suggested_label"]
+                                                            else "") for r in found[:3]]
+    return "\n".join(lines + [f"note: {note}" for note in audit.notes])
+
