@@ -1,4 +1,4 @@
-"""gs:// end to end against a real GCS protocol server: input bucket, checkpoint and output tables."""
+"""gs:// end to end against a real GCS protocol server: input bucket, checkpoint, output tables and the audit."""
 import os
 
 import pyarrow.parquet as pq
@@ -14,11 +14,13 @@ def test_label_and_query_a_gs_bucket(gcs, sample_dir, checkpoint):
     gcs.put(checkpoint, "alexlabel-test/models/model.pt")
     out = "gs://alexlabel-test/out"
     result = CliRunner().invoke(main, ["label", "--input", "gs://alexlabel-test/images/**", "--checkpoint",
-                                       "gs://alexlabel-test/models/model.pt", "--output", out])
+                                       "gs://alexlabel-test/models/model.pt", "--output", out, "--embeddings",
+                                       "--probabilities"])
     assert result.exit_code == 0, result.output
     assert "matched 16, labeled 12, errors 4" in result.output
 
-    files = {t: gcs.glob(f"alexlabel-test/out/{t}/*/*.parquet") for t in ("labels", "errors", "runs")}
+    files = {t: gcs.glob(f"alexlabel-test/out/{t}/*/*.parquet")
+             for t in ("labels", "errors", "runs", "embeddings", "probabilities")}
     rows = {}
     for table, paths in files.items():
         assert paths, table
@@ -28,9 +30,18 @@ def test_label_and_query_a_gs_bucket(gcs, sample_dir, checkpoint):
     assert {r["uri"] for r in rows["labels"]} | {r["uri"] for r in rows["errors"]} == {
         "gs://" + p for p in gcs.find("alexlabel-test/images")}
     assert rows["runs"][0]["matched"] == 16 and rows["runs"][0]["checkpoint"] == "gs://alexlabel-test/models/model.pt"
+    assert {r["uri"] for r in rows["embeddings"]} == {r["uri"] for r in rows["probabilities"]} == \
+        {r["uri"] for r in rows["labels"]}
 
     summary = CliRunner().invoke(main, ["query", out, "--sql", "SELECT count(*) AS n FROM labels"])
     assert summary.exit_code == 0 and "12" in summary.output
+
+    audited = CliRunner().invoke(main, ["audit", out])
+    assert audited.exit_code == 0, audited.output
+    (issues,) = gcs.glob("alexlabel-test/out/issues/*/*.parquet")
+    assert pq.read_table(gcs.open(issues, "rb"), partitioning=None).schema.equals(TABLES["issues"],
+                                                                                check_metadata=False)
+    assert f"12 images -> gs://{issues}" in audited.output
 
 
 def test_a_bucket_that_cannot_be_listed_is_a_one_line_error(gcs, checkpoint, tmp_path):
