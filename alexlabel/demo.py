@@ -30,7 +30,7 @@ def run_demo(workdir: str, seed: int = 0, epochs: int | None = None) -> dict:
     click.echo(f"    val top-1 {manifest.metrics['val_top1']:.3f}, temperature {manifest.temperature:.2f}")
     step("3/4 labeling the bucket with Beam (DirectRunner)", labels)
     run = label(LabelOptions(inputs=[os.path.join(data, "bucket", "*")], checkpoint=os.path.join(model, "model.pt"),
-                             output=labels))
+                             output=labels, embeddings=True))
     step("4/4 summary", f"alexlabel query {labels} --truth {data}/bucket_truth.csv")
     tables = summary(labels, os.path.join(data, "bucket_truth.csv"))
     for name, relation in tables.items():
@@ -40,8 +40,10 @@ def run_demo(workdir: str, seed: int = 0, epochs: int | None = None) -> dict:
     click.echo(f"demo done in {time.perf_counter() - t0:.0f}s: val top-1 {manifest.metrics['val_top1']:.3f}, "
                f"bucket accuracy {accuracy:.3f}, {run['errored']} broken files in errors, "
                f"{run['images_per_second']:.1f} images/s. Try: alexlabel query {labels} --sql "
-               "\"SELECT uri, label, confidence FROM labels ORDER BY confidence LIMIT 5\", or review the "
-               f"uncertain ones in your browser: alexlabel review {labels}")
+               "\"SELECT uri, label, confidence FROM labels ORDER BY confidence LIMIT 5\", review the "
+               f"uncertain ones in your browser: alexlabel review {labels} --model {run['model_version']} --order "
+               "informative, or look for "
+               f"duplicates and outliers: alexlabel audit {labels} --model {run['model_version']}")
     return {"val_top1": manifest.metrics["val_top1"], "bucket_accuracy": accuracy, "run": run, "labels": labels}
 
 

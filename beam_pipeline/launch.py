@@ -14,7 +14,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline.failures import STOPPING, disk_full_is_a_user_error
-from beam_pipeline.model_handler import check_checkpoint, drop_kept, no_projection
+from beam_pipeline.model_handler import check_checkpoint, drop_kept
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.pipeline import build, build_streaming, make_pipeline, written_vector_tables
 from beam_pipeline.read import check_uri_list, count_matches, matched_uris
@@ -37,27 +37,25 @@ def check(opts: LabelOptions, keep: bool) -> Manifest:
     opts.validate()
     opts.checkpoint = checkpoint_file(opts.checkpoint)
     local = opts.runner == "DirectRunner"
-    manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision, keep=keep)
-    if opts.embeddings and not manifest.embedding:
-        drop_kept()
-        raise UsageError(no_projection(opts.checkpoint))
+    manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision, keep=keep,
+                                embeddings=opts.embeddings)
     FileSystems.set_options(PipelineOptions(opts.beam_flags()))  # e.g. credentials for the launcher's own match
     for url in opts.input_lists:
         check_uri_list(url)
     return manifest
 
 
-def prepare(opts: LabelOptions) -> tuple[Manifest, list[str]]:
-    """Check everything a job needs before it starts; returns the manifest and the files resume skips."""
+def prepare(opts: LabelOptions) -> tuple[Manifest, dict[str, list[str]]]:
+    """Check everything a job needs before it starts; returns the manifest and, per table, the files of what resume
+    skips (an input is done once it has a row in each table the run writes, or an errors row)."""
     manifest = check(opts, keep=opts.runner == "DirectRunner" and not opts.dry_run)
     if opts.inputs and not opts.streaming and not count_matches(opts.inputs, opts.extensions):
         raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
                          "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
     if not opts.dry_run:
         check_writable(opts.output)
-    tables = ("labels",) + (() if opts.retry_errors else ("errors",))
-    done = [f for t in tables for f in run_files(opts.output, t, manifest.model_version, "*")] if opts.skip_existing \
-        else []
+    tables = ["labels", *written_vector_tables(opts)] + ([] if opts.retry_errors else ["errors"])
+    done = {t: run_files(opts.output, t, manifest.model_version, "*") for t in tables} if opts.skip_existing else {}
     return manifest, done
 
 

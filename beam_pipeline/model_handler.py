@@ -69,9 +69,12 @@ def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto
 _kept: dict[tuple[str, str, str], Classifier] = {}
 
 
-def check_checkpoint(checkpoint: str, device: str, precision: str, keep: bool) -> Manifest:
-    """Load the checkpoint as a worker would; with `keep`, leave the model for a worker in this process."""
+def check_checkpoint(checkpoint: str, device: str, precision: str, keep: bool, embeddings: bool = False) -> Manifest:
+    """Load the checkpoint as a worker would (with `embeddings`, one that has a projection); with `keep`, leave the
+    model for a worker in this process."""
     classifier = load_classifier(checkpoint, device, precision)
+    if embeddings and classifier.projection is None:
+        raise CheckpointError(no_projection(checkpoint))
     if keep:
         _kept[(checkpoint, device, precision)] = classifier
     return classifier.manifest

@@ -53,10 +53,10 @@ def failed_batch_rows(failure, model_version: str, run_id: str):
         yield error_row(image, Failure.of("infer", exc), model_version, run_id)
 
 
-def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: list[str]) -> None:
+def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: dict[str, list[str]]) -> None:
     """The batch job: everything the inputs match now, less what resume finds done."""
     uris = p | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
-    if done_files:  # a shuffle of every URI: only when resuming finds earlier output files
+    if any(done_files.values()):  # a shuffle of every URI: only when resuming finds earlier output files
         uris = uris | "SkipDone" >> SkipDone(done_files)
     uris = uris | "UntilCtrlC" >> beam.Filter(not_stopping)
     label_uris(uris, opts, manifest, lambda table: WriteTable(opts.output, table, manifest.model_version, opts.run_id))

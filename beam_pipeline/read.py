@@ -98,32 +98,39 @@ def _text(f) -> io.TextIOWrapper:
 
 
 class SkipDone(beam.PTransform):
-    """Drop URIs that already have a row in the given labels/errors files (resume); count them as skipped.
+    """Drop URIs that are done (resume) and count them as skipped: those with a row in every one of the `needed`
+    tables' files (labels, and embeddings or probabilities where the run writes them), or in an errors file.
 
     An anti-join by key, so the cost grows linearly with inputs and rows, on any runner.
     """
 
-    def __init__(self, done_files: list[str]):
+    def __init__(self, done_files: dict[str, list[str]]):
         super().__init__()
-        self.done_files = done_files
+        self.done_files, self.needed = done_files, frozenset(done_files) - {"errors"}
 
     def expand(self, uris):
         done = (uris.pipeline
-                | "DoneFiles" >> beam.Create(self.done_files)
-                | "ReadDone" >> beam.io.ReadAllFromParquet(columns=["uri"])
-                | "KeyDone" >> beam.Map(lambda row: (row["uri"], None)))
+                | "DoneFiles" >> beam.Create([f for files in self.done_files.values() for f in files])
+                | "ReadDone" >> beam.io.ReadAllFromParquet(columns=["uri"], with_filename=True)
+                | "KeyDone" >> beam.Map(lambda found: (found[1]["uri"], table_of(found[0]))))
         # Rows store URIs redacted (a signed URL's token is a credential), so compare in that form.
         return ({"todo": uris | "KeyTodo" >> beam.Map(lambda uri: (redact(uri), uri)), "done": done}
                 | "JoinDone" >> beam.CoGroupByKey()
-                | "NotDone" >> beam.FlatMap(_not_done))
+                | "NotDone" >> beam.FlatMap(_not_done, self.needed))
 
 
-def _not_done(joined):
+def table_of(url: str) -> str:
+    """The table a file of OUT/<table>/model=<version>/ belongs to."""
+    return url.rsplit("/model=", 1)[0].rsplit("/", 1)[-1]
+
+
+def _not_done(joined, needed: frozenset[str]):
     _, groups = joined
     todo = list(groups["todo"])
     if not todo:
         return
-    if list(groups["done"]):
+    tables = set(groups["done"])
+    if "errors" in tables or needed <= tables:
         SKIPPED.inc(len(todo))
     else:
         yield from todo

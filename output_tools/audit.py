@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 from common.ids import new_id
 from common.storage import atomic_write_bytes
 from output_tools import neighbors, query
 from schemas.tables import ISSUES
-from schemas.views import connect
+from schemas.views import connect, latest_checkpoint
 
 LOW_MARGIN = 0.1  # low_confidence: top-1 probability at most this far above the runner-up
 COLUMNS = "uri, content_sha256, label, confidence, margin, topk_labels, topk_indices, topk_confidences"
@@ -45,6 +45,7 @@ class Images:
     embeddings: np.ndarray                      # [N, D] float16
     probabilities: np.ndarray | None = None     # [N, classes] float16, where every row has them
     class_names: list[str] = field(default_factory=list)
+    stamp: dict = field(default_factory=dict)   # what every issue row of this audit carries: version, id, time
 
 
 @dataclass
@@ -60,8 +61,14 @@ def run_audit(output: str, labels: str | None = None, model: str | None = None,
               threshold: float = neighbors.DEFAULT_THRESHOLD, max_margin: float = LOW_MARGIN) -> Audit:
     """Find every issue in the newest label rows of one model version and write them as one issues file."""
     con = connect(output, model)
-    images = load_images(con, output)
-    audit_id, notes = new_id(), []
+    images, notes = load_images(con, output), []
+    audit_id = new_id()
+    images.stamp = {"model_version": images.model_version, "audit_id": audit_id, "audited_at": datetime.now(UTC)}
+    images.class_names = model_classes(con, images, notes)
+    if left_out := con.execute("SELECT count(*) FROM analyzed WHERE model_version = $1",
+                               [images.model_version]).fetchall()[0][0] - images.rows.num_rows:
+        notes.append(f"{left_out} label rows of this version have no embedding and were not audited; label them "
+                     "again with --embeddings --skip-existing")
     issues = exact_duplicates(images)
     sims, ids = neighbors.nearest(images.embeddings)
     issues += near_duplicates(images, sims, ids, threshold, first_group=group_count(issues))
@@ -83,36 +90,36 @@ def load_images(con: duckdb.DuckDBPyConnection, output: str) -> Images:
     if len(versions) > 1:
         raise AuditError(f"{output} holds embeddings of {len(versions)} model versions ({', '.join(versions)}), "
                          "which are not comparable; pick one with --model")
-    n, without = con.execute("SELECT count(*), count(*) FILTER (probabilities IS NULL) FROM vectors").fetchall()[0]
     reader = con.sql(f"SELECT {COLUMNS}, embedding, probabilities FROM vectors").to_arrow_reader(65536)
-    parts, at = [], 0
-    filled: dict[str, np.ndarray | None] = dict.fromkeys(["embedding"] + ([] if without else ["probabilities"]))
-    for batch in reader:
+    parts, vectors = [], {"embedding": [], "probabilities": []}
+    for batch in reader:  # float16 batch by batch: the float32 lists DuckDB hands over never exist all at once
         parts.append(batch.select(COLUMNS.split(", ")))
-        for column, matrix in filled.items():
-            filled[column] = fill(matrix, batch.column(column), at, n)
-        at += batch.num_rows
+        for column, blocks in vectors.items():
+            lists = batch.column(column)
+            if blocks is not None and lists.null_count == 0:
+                blocks.append(pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float16)
+                              .reshape(len(lists), -1))
+            else:
+                vectors[column] = None  # some rows have none: not used at all
     order = pc.sort_indices(rows := pa.Table.from_batches(parts), [("uri", "ascending")])
     rows, order = rows.take(order), order.to_numpy()
-    embeddings, probabilities = filled["embedding"][order], filled.get("probabilities")
-    return Images(versions[0], rows, embeddings, None if probabilities is None else probabilities[order],
-                  class_names(rows))
+    embeddings, probabilities = (np.concatenate(blocks)[order] if blocks else None for blocks in vectors.values())
+    return Images(versions[0], rows, embeddings, probabilities)
 
 
-def fill(matrix: np.ndarray | None, lists: pa.ListArray, at: int, n: int) -> np.ndarray:
-    """Copy one batch of float lists into rows at.. of a float16 [n, D] matrix (made at the first batch), so the
-    float32 lists DuckDB hands over never exist all at once."""
-    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).reshape(len(lists), -1)
-    if matrix is None:
-        matrix = np.empty((n, values.shape[1]), np.float16)
-    matrix[at:at + len(values)] = values
-    return matrix
+def model_classes(con: duckdb.DuckDBPyConnection, images: Images, notes: list[str]) -> list[str]:
+    """The model's classes in logit order, from the checkpoint the latest run named; where it cannot be read, as
+    far as the rows' top-k lists name them (which a small audit of many classes leaves gaps in)."""
+    from schemas.checkpoint import load_checkpoint  # torch: seconds of importing, only for an audit
 
-
-def class_names(rows: pa.Table) -> list[str]:
-    """The model's classes in logit order, as far as the rows' top-k lists name them (all of them, in practice)."""
-    pairs = dict(zip(pc.list_flatten(rows["topk_indices"]).to_pylist(),
-                     pc.list_flatten(rows["topk_labels"]).to_pylist(), strict=True))
+    checkpoint = latest_checkpoint(con, images.model_version)
+    try:
+        return load_checkpoint(checkpoint)[1].class_names
+    except (UserError, OSError, ValueError, TypeError) as e:  # TypeError: no run names one
+        notes.append(f"the classes come from the rows' top-k lists: checkpoint {checkpoint} is unreadable "
+                     f"({first_line(e)})")
+    pairs = dict(zip(pc.list_flatten(images.rows["topk_indices"]).to_pylist(),
+                     pc.list_flatten(images.rows["topk_labels"]).to_pylist(), strict=True))
     names = [""] * (max(pairs) + 1)
     for i, name in pairs.items():
         names[i] = name
@@ -123,7 +130,7 @@ def issue_row(images: Images, i: int, issue: str, score: float, group_id: int | 
               suggested_label: str | None = None, **details) -> dict:
     return {"uri": images.rows["uri"][i].as_py(), "issue": issue, "score": float(np.clip(score, 0, 1)),
             "group_id": group_id, "suggested_label": suggested_label,
-            "details": json.dumps(details, sort_keys=True, default=float)}
+            "details": json.dumps(details, sort_keys=True, default=float), **images.stamp}
 
 
 def group_count(issues: list[dict]) -> int:
@@ -150,15 +157,24 @@ def near_duplicates(images: Images, sims: np.ndarray, ids: np.ndarray, threshold
     for i in np.flatnonzero(group >= 0):
         members.setdefault(int(group[i]), []).append(int(i))
     sets = [m for m in members.values() if len({hashes[i] for i in m}) > 1]
-    close = np.where(sims >= threshold, sims, -np.inf)
+    similarity, partner = closest_partners(sims, ids, threshold)
     uris = images.rows["uri"]
-    rows = []
-    for g, members_of in enumerate(sorted(sets, key=min), start=first_group):
-        for i in members_of:
-            j = int(close[i].argmax())
-            rows.append(issue_row(images, i, "near_duplicate", float(close[i, j]), g, similarity=float(close[i, j]),
-                                  nearest=uris[int(ids[i, j])].as_py(), size=len(members_of)))
-    return rows
+    return [issue_row(images, i, "near_duplicate", similarity[i], g, similarity=float(similarity[i]),
+                      nearest=uris[int(partner[i])].as_py(), size=len(members_of))
+            for g, members_of in enumerate(sorted(sets, key=min), start=first_group) for i in members_of]
+
+
+def closest_partners(sims: np.ndarray, ids: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's most similar partner among the pairs at or above the threshold, either way round: an
+    approximate search can find a pair from one side only. -1 (and similarity 0) for images in no pair."""
+    pair = (sims >= threshold) & (ids >= 0)
+    a, b, s = np.nonzero(pair)[0], ids[pair], sims[pair]
+    a, b, s = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([s, s])
+    order = np.lexsort((-s, a))  # by image, its most similar partner first
+    first = order[np.unique(a[order], return_index=True)[1]]
+    similarity, partner = np.zeros(len(sims), np.float32), np.full(len(sims), -1, np.int64)
+    similarity[a[first]], partner[a[first]] = s[first], b[first]
+    return similarity, partner
 
 
 def outliers(images: Images, sims: np.ndarray) -> list[dict]:
@@ -200,9 +216,10 @@ def label_errors(con: duckdb.DuckDBPyConnection, images: Images, labels: str, no
     issues = find_label_issues(dense, probs, filter_by="prune_by_noise_rate")
     quality = get_label_quality_scores(dense, probs, method="self_confidence")
     names = [images.class_names[c] for c in classes]
-    return [issue_row(images, int(rows_at[j]), "label_error", 1 - quality[j], suggested_label=names[probs[j].argmax()],
-                      given_label=names[dense[j]], given_probability=float(probs[j, dense[j]]))
-            for j in np.flatnonzero(issues)]
+    best = probs.argmax(1)
+    return [issue_row(images, int(rows_at[j]), "label_error", 1 - quality[j],
+                      suggested_label=names[best[j]] if best[j] != dense[j] else None, given_label=names[dense[j]],
+                      given_probability=float(probs[j, dense[j]])) for j in np.flatnonzero(issues)]
 
 
 def given_labels(con: duckdb.DuckDBPyConnection, images: Images, labels: str) -> list[tuple[int, str]]:
@@ -254,11 +271,8 @@ def normalized_entropy(probs: np.ndarray) -> np.ndarray:
 
 
 def write_issues(output: str, audit: Audit) -> str:
-    at = datetime.now(UTC)
-    rows = [{**r, "model_version": audit.images.model_version, "audit_id": audit.audit_id, "audited_at": at}
-            for r in audit.issues]
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=ISSUES), buf, compression="zstd")
+    pq.write_table(pa.Table.from_pylist(audit.issues, schema=ISSUES), buf, compression="zstd")
     url = f"{output.rstrip('/')}/issues/model={audit.images.model_version}/{audit.audit_id}.parquet"
     atomic_write_bytes(url, buf.getvalue())
     return url

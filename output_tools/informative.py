@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from common.errors import UserError
+from output_tools import neighbors
 
 POOL_PER_PICK = 10  # candidates per row picked: room to skip near-duplicates without reaching confident rows
 POOL_CAP = 2000  # the most the pool holds: the review app orders a whole pool (2000 x 2000 x dim: ~0.1 s)
@@ -31,8 +32,7 @@ def k_center(embeddings: np.ndarray, uncertainty: np.ndarray, picks: int) -> np.
     """Indices of `picks` rows in the order chosen: the most uncertain, then each time the greatest uncertainty x
     cosine distance to the nearest chosen one. Ties go to the lower index: the earlier row in margin order
     (margin, confidence, uri), so the order is the same every time."""
-    x = embeddings.astype(np.float32)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = neighbors.unit(embeddings)
     nearest, taken = np.full(len(x), np.inf, np.float32), np.zeros(len(x), bool)
     chosen = np.empty(min(picks, len(x)), np.int64)
     score = uncertainty

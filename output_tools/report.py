@@ -175,9 +175,13 @@ def curation(con: duckdb.DuckDBPyConnection, output: str) -> str:
     and the furthest outliers."""
     con.execute("""CREATE OR REPLACE TEMP VIEW issues_shown AS
                    SELECT * FROM latest_issues WHERE model_version IN (SELECT model_version FROM analyzed)""")
-    if not con.sql("SELECT count(*) FROM issues_shown").fetchall()[0][0]:
+    audits = con.sql("SELECT audit_id FROM latest_audits WHERE model_version IN (SELECT model_version FROM analyzed)"
+                     ).fetchall()
+    if not audits:
         return (f'<p class="meta">No audit yet: <code>alexlabel audit {esc(output)}</code> finds duplicates, '
                 "outliers, likely label errors and low confidence (label with --embeddings first).</p>")
+    if not con.sql("SELECT count(*) FROM issues_shown").fetchall()[0][0]:
+        return f'<p class="meta">The latest audit, {esc(audits[0][0])}, found no issues.</p>'
     worst = "SELECT uri, score, suggested_label, details FROM issues_shown WHERE issue = $1 ORDER BY score DESC, uri " \
             f"LIMIT {ISSUES_SHOWN}"
     counts = con.sql("""SELECT issue, count(*) AS images, count(DISTINCT group_id) AS sets, any_value(audit_id) AS audit

@@ -82,11 +82,17 @@ class Projection:
 
 
 def split_projection(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Projection | None]:
-    """The network's own weights, and the embedding projection where the checkpoint carries one."""
+    """The network's own weights, and the embedding projection where the checkpoint carries one; ValueError for one
+    that is half there or whose shapes do not fit together."""
     weights = {k: v for k, v in state_dict.items() if k not in EMBEDDING_KEYS}
-    if not all(k in state_dict for k in EMBEDDING_KEYS):
+    found = [state_dict[k] for k in EMBEDDING_KEYS if k in state_dict]
+    if not found:
         return weights, None
-    return weights, Projection(*(state_dict[k] for k in EMBEDDING_KEYS))
+    if len(found) < len(EMBEDDING_KEYS) or found[0].dim() != 1 or found[1].dim() != 2 \
+            or found[1].shape[0] != found[0].shape[0]:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in zip(EMBEDDING_KEYS, found, strict=False))
+        raise ValueError(f"its embedding projection is broken ({shapes})")
+    return weights, Projection(*found)
 
 
 def with_projection(state_dict: dict[str, torch.Tensor], projection: Projection) -> dict[str, torch.Tensor]:

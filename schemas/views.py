@@ -9,7 +9,9 @@
     reviewed               the latest human decision per (uri, model_version), undone ones left out
     vectors                the analyzed label rows with their embedding (and probabilities, null where
                            the run stored none): `label --embeddings` / `--probabilities`
-    latest_issues          the rows of each model version's latest `alexlabel audit`
+    latest_audits          each model version's latest `alexlabel audit` (model_version, audit_id), also one
+                           that found nothing: from the issues files' names, one file per audit
+    latest_issues          the rows of those audits
 
 and TRAINING_ROWS, what retraining learns from.
 
@@ -42,8 +44,7 @@ LATEST = """SELECT * FROM labels
 VECTORS = """SELECT a.*, e.embedding, p.probabilities
              FROM analyzed a JOIN embeddings e USING (uri, model_version, run_id)
                              LEFT JOIN probabilities p USING (uri, model_version, run_id)"""
-LATEST_ISSUES = """SELECT * FROM issues
-                   QUALIFY dense_rank() OVER (PARTITION BY model_version ORDER BY audited_at DESC, audit_id DESC) = 1"""
+LATEST_ISSUES = "SELECT * FROM issues SEMI JOIN latest_audits USING (model_version, audit_id)"
 LATEST_ERRORS = """SELECT * FROM errors e
                    WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.uri = e.uri AND l.model_version = e.model_version
                                                               AND l.labeled_at > e."at")
@@ -81,8 +82,21 @@ def connect(output: str, model: str | None = None, all_rows: bool = False) -> du
     con.execute(f"CREATE VIEW analyzed AS SELECT * FROM {'labels' if all_rows else 'latest'}")
     con.execute(f"CREATE VIEW failed AS SELECT * FROM {'errors' if all_rows else 'latest_errors'}")
     con.execute(f"CREATE VIEW vectors AS {VECTORS}")
+    con.register("latest_audits", latest_audits(glob_urls(f"{output}/issues/model={model or '*'}/*.parquet")))
     con.execute(f"CREATE VIEW latest_issues AS {LATEST_ISSUES}")
     return con
+
+
+def latest_audits(files: list[str]) -> pa.Table:
+    """(model_version, audit_id) of the newest issues file per version: OUT/issues/model=<v>/<audit_id>.parquet,
+    audit ids sorting by time (common.ids)."""
+    latest: dict[str, str] = {}
+    for url in files:
+        folder, _, name = url.rpartition("/")
+        version, audit = folder.rsplit("model=", 1)[1], name.removesuffix(".parquet")
+        latest[version] = max(latest.get(version, audit), audit)
+    return pa.table({"model_version": pa.array(list(latest), pa.string()),
+                     "audit_id": pa.array(list(latest.values()), pa.string())})
 
 
 def duckdb_empty(schema: pa.Schema) -> pa.Table:

@@ -216,6 +216,10 @@ def report_of(out: str, tmp_path) -> str:
 def test_report_shows_the_latest_audit(curated, tmp_path):
     out, rows = curated
     assert "No audit yet" in report_of(out, tmp_path)
+    empty = tmp_path / "nothing"  # an audit that finds nothing is still the latest
+    write_output(str(empty), rows[2:5], embeddings=[vector(r, np.eye(3)[i]) for i, r in enumerate(rows[2:5])])
+    assert audit(empty)[0] == 0 and not issues_of(str(empty))
+    assert "found no issues" in report_of(str(empty), tmp_path)
     given = tmp_path / "given.csv"
     given.write_text("uri,label\n" + "".join(f"{r['uri']},{'fox' if i == 3 else r['label']}\n"
                                              for i, r in enumerate(rows)))
@@ -226,23 +230,32 @@ def test_report_shows_the_latest_audit(curated, tmp_path):
     assert "/img/fox_10.jpg" in page.split("<h3>Outliers</h3>")[1]
 
 
-def test_embeddings_need_a_checkpoint_with_a_projection(checkpoint, tmp_path):
-    """A checkpoint without a PCA is refused before any work, naming --fit-pca; nothing is written."""
+@pytest.mark.parametrize("case", ["none", "broken"])
+def test_embeddings_need_a_checkpoint_with_a_projection(checkpoint, tmp_path, case):
+    """A checkpoint without a PCA is refused before any work, naming --fit-pca, and one with a broken PCA naming the
+    file; nothing is written."""
     from dataclasses import replace
 
     from schemas.checkpoint import load_checkpoint, save_checkpoint, split_projection
 
     state_dict, manifest = load_checkpoint(checkpoint)
-    bare = str(tmp_path / "bare.pt")
-    save_checkpoint(bare, split_projection(state_dict)[0], replace(manifest, embedding={}))
+    weights, projection = split_projection(state_dict)
+    if case == "broken":  # a mean that does not fit the network's penultimate layer
+        weights = {**weights, "embedding.mean": projection.mean[:-1],
+                   "embedding.components": projection.components[:-1]}
+    bad = str(tmp_path / "bad.pt")
+    save_checkpoint(bad, weights, replace(manifest, embedding={} if case == "none" else manifest.embedding))
     folder = tmp_path / "images"
     folder.mkdir()
     sample_image(np.random.default_rng(0), CLASSES[0]).save(folder / "a.jpg")
-    result = subprocess.run([".venv/bin/alexlabel", "label", "--input", f"{folder}/*", "--checkpoint", bare,
+    result = subprocess.run([".venv/bin/alexlabel", "label", "--input", f"{folder}/*", "--checkpoint", bad,
                              "--output", str(tmp_path / "out"), "--embeddings"], capture_output=True, text=True)
-    assert result.returncode == 1
-    assert result.stderr.startswith("Error: --embeddings needs a checkpoint with an embedding projection")
-    assert "--fit-pca" in result.stderr and result.stderr.count("\n") == 1
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    if case == "none":
+        assert result.stderr.startswith("Error: --embeddings needs a checkpoint with an embedding projection")
+        assert "--fit-pca" in result.stderr
+    else:
+        assert result.stderr.startswith(f"Error: checkpoint {bad}: its embedding projection reads ")
     assert not (tmp_path / "out").exists()
 
 
@@ -274,3 +287,25 @@ def test_embeddings_stay_with_their_images_when_threads_share_the_model(checkpoi
     for t in threads:
         t.join()
     assert len(wrong) == 60 and not any(wrong)
+
+
+def test_resume_with_embeddings_labels_again_what_has_none(checkpoint, tmp_path):
+    """--skip-existing --embeddings counts an image done only once it has its embedding (or failed)."""
+    from beam_pipeline.launch import run
+    from beam_pipeline.options import LabelOptions
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        sample_image(np.random.default_rng(i), CLASSES[i]).save(folder / f"img_{i}.jpg")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    out = str(tmp_path / "out")
+
+    def label(**kw):
+        return run(LabelOptions(inputs=[f"{folder}/*"], checkpoint=checkpoint, output=out, skip_existing=True, **kw))
+
+    assert (label()["labeled"], label()["skipped"]) == (4, 5)
+    first = label(embeddings=True)
+    assert (first["labeled"], first["errored"], first["skipped"]) == (4, 0, 1)  # the failed file stays done
+    assert label(embeddings=True)["skipped"] == 5
+    assert connect(out).sql("SELECT count(*) FROM vectors").fetchall()[0][0] == 4

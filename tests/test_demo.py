@@ -25,3 +25,8 @@ def test_demo_trains_labels_and_summarizes(tmp_path):
     assert accuracy >= 0.9
     errors, = duckdb.sql(f"SELECT count(*) FROM read_parquet('{labels}/errors/*/*.parquet')").fetchall()[0]
     assert errors == 4
+    # The audit the summary suggests runs as printed: the demo labels with --embeddings
+    suggested = result.stdout.rsplit("look for duplicates and outliers: ", 1)[1].split()
+    audit = subprocess.run([alexlabel, *suggested[1:]], capture_output=True, text=True, timeout=300)
+    assert audit.returncode == 0, audit.stderr[-3000:]
+    assert f"of model version {manifest.model_version}: 120 images" in audit.stdout

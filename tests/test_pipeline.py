@@ -292,7 +292,7 @@ def test_gpu_decode_chain_labels_as_the_cpu_path_does(bucket, checkpoint, tmp_pa
                             run_id=f"gpu-decode-{gpu_decode}")
         make_table_folders(out, manifest.model_version)
         with make_pipeline(opts) as p:  # validate() refuses --gpu-decode without a GPU, so build directly
-            build(p, opts, manifest, done_files=[])
+            build(p, opts, manifest, done_files={})
         assert counter(p.result, "passed_encoded") == (6 if gpu_decode else 0)  # 5 small JPEGs + truncated
         labels, errors = read_table(out, "labels"), read_table(out, "errors")
         assert (len(labels), len(errors)) == (7, 2)  # each file exactly once

@@ -98,9 +98,12 @@ def load_model(checkpoint: str) -> tuple[nn.Module, Manifest, Projection | None]
     """The network a checkpoint holds, in eval mode on the CPU, its manifest and its embedding projection (None
     without one); CheckpointError says why not."""
     state_dict, manifest = load_checkpoint(checkpoint)
-    weights, projection = split_projection(state_dict)
     try:
+        weights, projection = split_projection(state_dict)
         module = build_model(manifest.arch, len(manifest.class_names), weights, **manifest.arch_kwargs)
+        if projection is not None and projection.mean.shape[0] != module.classifier[-1].in_features:
+            raise ValueError(f"its embedding projection reads {projection.mean.shape[0]} activations, the network "
+                             f"has {module.classifier[-1].in_features}")
     except ValueError as e:
         raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
     return module.eval(), manifest, projection
