@@ -1,8 +1,8 @@
 """The launcher: checks a job before it starts, runs it, and accounts for every input afterwards.
 
-After a batch run it reads back the Parquet row counts, checks matched == labeled + errors + skipped,
-and writes the one-row runs table. `watch` repeats batch runs for local streaming; `launch_streaming`
-submits the unbounded job to Dataflow.
+While a local run goes, progress.py shows how far it is. After a batch run it reads back the Parquet row counts,
+checks matched == labeled + errors + skipped, and writes the one-row runs table. `watch` repeats batch runs for
+local streaming; `launch_streaming` submits the unbounded job to Dataflow.
 """
 import contextlib
 import time
@@ -17,6 +17,7 @@ from beam_pipeline.failures import STOPPING, disk_full_is_a_user_error
 from beam_pipeline.model_handler import check_checkpoint, drop_kept
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.pipeline import build, build_streaming, make_pipeline, written_vector_tables
+from beam_pipeline.progress import Progress
 from beam_pipeline.read import check_uri_list, count_matches, matched_uris
 from beam_pipeline.rows import run_row
 from beam_pipeline.write import check_writable, count_rows, make_table_folders, run_files, tidy_temp, write_run_row
@@ -137,7 +138,8 @@ def run(opts: LabelOptions) -> dict:
             tidy_temp(opts.output)
             make_table_folders(opts.output, manifest.model_version, written_vector_tables(opts))
             started, t0 = datetime.now(UTC), time.perf_counter()
-            with disk_full_is_a_user_error(opts), make_pipeline(opts) as p:
+            shown = Progress() if opts.runner == "DirectRunner" else contextlib.nullcontext()
+            with disk_full_is_a_user_error(opts), shown, make_pipeline(opts) as p:
                 build(p, opts, manifest, done)
         finally:
             drop_kept()  # the workers took it, or never will

@@ -13,6 +13,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.progress import TALLY
 from common.errors import UserError, first_line
 from common.redact import redact
 from common.storage import IMAGE_EXTENSIONS, has_extension, resolve_uri
@@ -23,6 +24,7 @@ SKIPPED = Metrics.counter("alexlabel", "skipped")
 
 def count_matched(uri: str) -> str:
     MATCHED.inc()
+    TALLY.add("matched")
     return uri
 
 
@@ -132,6 +134,7 @@ def _not_done(joined, needed: frozenset[str]):
     tables = set(groups["done"])
     if "errors" in tables or needed <= tables:
         SKIPPED.inc(len(todo))
+        TALLY.add("skipped", len(todo))
     else:
         yield from todo
 

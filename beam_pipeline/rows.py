@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.progress import TALLY
 from common.redact import redact
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class Prediction:
 def label_row(image: ImageFile, prediction: Prediction, model_version: str, run_id: str,
               accept_threshold: float) -> dict:
     LABELED.inc()
+    TALLY.add("labeled")
     confidences = prediction.confidences
     confidence = confidences[0]
     return {"uri": image.uri, "content_sha256": image.content_sha256, "size_bytes": image.size_bytes,
@@ -78,6 +80,7 @@ def vector_row(image: ImageFile, column: str, values: np.ndarray, model_version:
 
 def error_row(image: ImageFile, failure: Failure, model_version: str, run_id: str) -> dict:
     ERRORED.inc()
+    TALLY.add("errored")
     message = redact(" ".join(failure.message.split()) or failure.error_type)
     return {"uri": image.uri, "stage": failure.stage, "error_type": failure.error_type,
             "message": message[:MAX_MESSAGE], "size_bytes": image.size_bytes, "model_version": model_version,
