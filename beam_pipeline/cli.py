@@ -46,6 +46,9 @@ from common.storage import IMAGE_EXTENSIONS
 @click.option("--skip-existing", is_flag=True,
               help="Resume: label only inputs with no labels or errors row for this model version under --output.")
 @click.option("--retry-errors", is_flag=True, help="With --skip-existing: try inputs that errored before again.")
+@click.option("--commit-every", type=int, default=0, metavar="N",
+              help="Local runs: label in slices of N inputs, each committed whole, so a killed run loses one slice "
+                   "at most and --skip-existing goes on from there. Default: about two minutes of work.")
 @click.option("--run-id", default="", help="Defaults to a UTC timestamp plus a random suffix.")
 @click.option("--project", default="", help="Dataflow: Google Cloud project.")
 @click.option("--region", default="", help="Dataflow: region, e.g. us-central1.")

@@ -5,6 +5,7 @@ checks matched == labeled + errors + skipped, and writes the one-row runs table.
 local streaming; `launch_streaming` submits the unbounded job to Dataflow.
 """
 import contextlib
+import os
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,11 +19,15 @@ from beam_pipeline.model_handler import check_checkpoint, drop_kept
 from beam_pipeline.options import LabelOptions, UsageError
 from beam_pipeline.pipeline import build, build_streaming, make_pipeline, written_vector_tables
 from beam_pipeline.progress import Progress
-from beam_pipeline.read import check_uri_list, count_matches, matched_uris
+from beam_pipeline.read import check_uri_list, count_matches, listed_uris, matched_uris
 from beam_pipeline.rows import run_row
 from beam_pipeline.write import check_writable, count_rows, make_table_folders, run_files, tidy_temp, write_run_row
+from common.errors import UserError
 from common.interrupt import Interrupted, ctrl_c_sets
 from schemas.checkpoint import Manifest, checkpoint_file
+
+SLICE_SECONDS = 120  # --commit-every's default: about this much work between commits
+IMAGES_PER_CORE_SECOND = 100  # the 1000-class AlexNet at 224 px labels ~110 a core a second (BENCHMARKS.md)
 
 
 class AccountingError(RuntimeError):
@@ -46,11 +51,12 @@ def check(opts: LabelOptions, keep: bool) -> Manifest:
     return manifest
 
 
-def prepare(opts: LabelOptions) -> tuple[Manifest, dict[str, list[str]]]:
-    """Check everything a job needs before it starts; returns the manifest and, per table, the files of what resume
-    skips (an input is done once it has a row in each table the run writes, or an errors row)."""
+def prepare(opts: LabelOptions, matched: bool = True) -> tuple[Manifest, dict[str, list[str]]]:
+    """Check everything a job needs before it starts (with `matched`, that the patterns match some image: a slice's
+    job checked it once); returns the manifest and, per table, the files of what resume skips (an input is done
+    once it has a row in each table the run writes, or an errors row)."""
     manifest = check(opts, keep=opts.runner == "DirectRunner" and not opts.dry_run)
-    if opts.inputs and not opts.streaming and not count_matches(opts.inputs, opts.extensions):
+    if matched and opts.inputs and not opts.streaming and not count_matches(opts.inputs, opts.extensions):
         raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
                          "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
     if not opts.dry_run:
@@ -120,7 +126,69 @@ def watch(opts: LabelOptions, rounds: int | None = None, on_round=None) -> list[
 
 
 def run(opts: LabelOptions) -> dict:
-    """Label everything `opts.inputs` match; returns the runs row (also written under OUT/runs/).
+    """Label everything `opts.inputs` and `opts.input_lists` name; returns the runs row (also written under
+    OUT/runs/), or for a run in slices one row of the whole job's sums (each slice wrote its own).
+
+    A local run of more inputs than --commit-every labels them in consecutive slices, each a whole run of its
+    own (its files committed, its accounting checked, its runs row written, run id <job>-0001, -0002, ...), so a
+    SIGKILL loses at most the slice in progress and --skip-existing goes on from there. The launcher matches the
+    inputs once and hands each slice its URIs; the bar covers the whole job. Other runners run in one piece:
+    Dataflow retries failed bundles itself.
+    """
+    opts.validate()
+    if opts.runner != "DirectRunner" or opts.dry_run:
+        return run_slice(opts)
+    uris = job_uris(opts)
+    size = opts.commit_every or default_slice()
+    if uris is None or len(uris) <= size:  # one run, as ever: the pipeline matches the inputs itself
+        return run_slice(opts)
+    rows, started, t0 = [], datetime.now(UTC), time.perf_counter()
+    with Progress(total=len(uris)):
+        for k, start in enumerate(range(0, len(uris), size), 1):
+            try:
+                rows.append(run_slice(replace(opts, run_id=f"{opts.run_id}-{k:04d}"), uris[start:start + size],
+                                      progress=False))
+            except Interrupted as e:
+                raise Interrupted(stopped_line(opts, sum(finished(r) for r in rows) + e.done, len(uris))) from None
+    counts = {key: sum(r[key] for r in rows) for key in ("matched", "labeled", "errored", "skipped")}
+    if counts["matched"] != len(uris):
+        raise AccountingError(f"run {opts.run_id}: its slices matched {counts['matched']} of {len(uris)} inputs; "
+                              "report this as a bug with the runs rows")
+    return run_row(opts, rows[0]["model_version"], counts, started, time.perf_counter() - t0)
+
+
+def job_uris(opts: LabelOptions) -> list[str] | None:
+    """What MatchImages would match, matched once on the launcher: the patterns' images and every URI the lists
+    name, each once, sorted. None where some input is not there (a pattern matching nothing, a missing list): the
+    run then fails as it always does, its checkpoint checked first."""
+    try:
+        for url in opts.input_lists:
+            check_uri_list(url)
+    except UserError:
+        return None
+    matched = matched_uris(opts.inputs, opts.extensions)
+    if opts.inputs and not matched:
+        return None
+    return sorted(matched | {uri for url in opts.input_lists for uri in listed_uris(url)})
+
+
+def default_slice() -> int:
+    """About SLICE_SECONDS of labeling on this machine, at IMAGES_PER_CORE_SECOND."""
+    return SLICE_SECONDS * IMAGES_PER_CORE_SECOND * (os.cpu_count() or 1)
+
+
+def finished(counts: dict) -> int:
+    return counts["labeled"] + counts["errored"] + counts["skipped"]
+
+
+def stopped_line(opts: LabelOptions, done: int, matched: int) -> str:
+    return f"stopped: {done} of {matched} matched inputs are done under {opts.output}; rerun with --skip-existing " \
+           "to continue"
+
+
+def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool = True) -> dict:
+    """One run: everything the inputs match, or the `uris` given (a slice the launcher matched); returns its runs
+    row (also written under OUT/runs/).
 
     Ctrl-C stops a local run early: what its workers finished is committed, no runs row is written, and
     Interrupted says how many inputs are done. The first Ctrl-C sets STOPPING: the workers let no new input
@@ -134,13 +202,13 @@ def run(opts: LabelOptions) -> dict:
     stop_line = "stopped at once; rerun with --skip-existing to continue"
     with ctrl_c_sets(STOPPING, stop_line) if opts.runner == "DirectRunner" else contextlib.nullcontext():
         try:
-            manifest, done = prepare(opts)
+            manifest, done = prepare(opts, matched=uris is None)
             tidy_temp(opts.output)
             make_table_folders(opts.output, manifest.model_version, written_vector_tables(opts))
             started, t0 = datetime.now(UTC), time.perf_counter()
-            shown = Progress() if opts.runner == "DirectRunner" else contextlib.nullcontext()
+            shown = Progress() if opts.runner == "DirectRunner" and progress else contextlib.nullcontext()
             with disk_full_is_a_user_error(opts), shown, make_pipeline(opts) as p:
-                build(p, opts, manifest, done)
+                build(p, opts, manifest, done, uris)
         finally:
             drop_kept()  # the workers took it, or never will
         tidy_temp(opts.output)
@@ -150,9 +218,9 @@ def run(opts: LabelOptions) -> dict:
                   "errored": count_rows(run_files(opts.output, "errors", manifest.model_version, opts.run_id)),
                   "skipped": counter(p.result, "skipped")}
         if STOPPING.is_set():
-            raise Interrupted(f"stopped: {counts['labeled'] + counts['errored'] + counts['skipped']} of "
-                              f"{counts['matched']} matched inputs are done under {opts.output}; rerun with "
-                              "--skip-existing to continue")
+            stop = Interrupted(stopped_line(opts, finished(counts), counts["matched"]))
+            stop.done = finished(counts)
+            raise stop
     row = run_row(opts, manifest.model_version, counts, started, wall)
     with disk_full_is_a_user_error(opts):
         write_run_row(opts.output, row)

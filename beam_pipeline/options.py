@@ -43,6 +43,7 @@ class LabelOptions:
     workers: int = 0                  # DirectRunner: parallel bundles (threads sharing one model); 0: one per core
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     skip_existing: bool = False       # resume: leave out inputs this model version already labeled or errored
+    commit_every: int = 0             # local runs: label in slices of this many inputs, each committed; 0: ~2 min
     retry_errors: bool = False        # with skip_existing: try inputs that only have an errors row again
     run_id: str = ""
     # Dataflow
@@ -78,6 +79,9 @@ class LabelOptions:
             raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
         if not 0.0 <= self.accept_threshold <= 1.0:
             raise UsageError(f"--accept-threshold must be between 0 and 1, got {self.accept_threshold}")
+        if self.commit_every < 0:
+            raise UsageError(f"--commit-every must be at least 1 (or 0: about two minutes of work), got "
+                             f"{self.commit_every}")
         if self.workers < 0:
             raise UsageError(f"--workers must be at least 1 (or 0: one per core), got {self.workers}")
         self.workers = self.workers or os.cpu_count() or 1

@@ -22,7 +22,7 @@ from beam_pipeline.decode import PrepareImage
 from beam_pipeline.failures import not_stopping
 from beam_pipeline.model_handler import AlexNetModelHandler
 from beam_pipeline.options import LabelOptions
-from beam_pipeline.read import MatchImages, SkipDone
+from beam_pipeline.read import MatchImages, SkipDone, count_matched
 from beam_pipeline.rows import Failure, error_row, label_row, vector_row
 from beam_pipeline.streaming import NewObjects, WriteWindowedTable
 from beam_pipeline.write import WriteTable
@@ -53,9 +53,12 @@ def failed_batch_rows(failure, model_version: str, run_id: str):
         yield error_row(image, Failure.of("infer", exc), model_version, run_id)
 
 
-def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: dict[str, list[str]]) -> None:
-    """The batch job: everything the inputs match now, less what resume finds done."""
-    uris = p | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists)
+def build(p: beam.Pipeline, opts: LabelOptions, manifest: Manifest, done_files: dict[str, list[str]],
+          uris: list[str] | None = None) -> None:
+    """The batch job: everything the inputs match now (or the `uris` of a slice the launcher matched), less what
+    resume finds done."""
+    uris = (p | "MatchImages" >> MatchImages(opts.inputs, opts.extensions, opts.input_lists) if uris is None else
+            p | "SliceImages" >> beam.Create(uris) | "CountMatched" >> beam.Map(count_matched))
     if any(done_files.values()):  # a shuffle of every URI: only when resuming finds earlier output files
         uris = uris | "SkipDone" >> SkipDone(done_files)
     uris = uris | "UntilCtrlC" >> beam.Filter(not_stopping)

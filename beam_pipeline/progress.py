@@ -41,8 +41,8 @@ TALLY = Tally()
 class Progress:
     """`with Progress():` around a local run draws TALLY from a thread until the run ends."""
 
-    def __init__(self, stream=None, line_seconds: float = LINE_SECONDS):
-        self.stream = stream or sys.stderr
+    def __init__(self, stream=None, line_seconds: float = LINE_SECONDS, total: int = 0):
+        self.stream, self.total = stream or sys.stderr, total  # total: the job's, when it runs in slices
         self.terminal = self.stream.isatty()
         self.line_seconds, self._stop = line_seconds, threading.Event()
         self._thread = threading.Thread(target=self._draw, name="alexlabel-progress", daemon=True)
@@ -62,15 +62,19 @@ class Progress:
             else None
         last_line = time.monotonic()
         while not self._stop.wait(REFRESH_SECONDS):
-            counts = TALLY.read()
+            counts = self.counts()
             if bar is not None:
                 update(bar, counts)
             elif time.monotonic() - last_line >= self.line_seconds:
                 print(line(counts, time.monotonic() - self._started), file=self.stream, flush=True)
                 last_line = time.monotonic()
         if bar is not None:
-            update(bar, TALLY.read())
+            update(bar, self.counts())
             bar.close()
+
+    def counts(self) -> dict[str, int]:
+        counts = TALLY.read()
+        return {**counts, "matched": self.total or counts["matched"]}
 
 
 def done(counts: dict[str, int]) -> int:

@@ -10,6 +10,7 @@ import termios
 import time
 
 import numpy as np
+import pytest
 
 from alexlabel.sample_data import CLASSES, sample_image
 from beam_pipeline.progress import TALLY, Progress, line
@@ -33,7 +34,9 @@ def test_a_finished_run_has_no_time_left():
         "labeling: 5 of 5 matched done (4 labeled, 0 errors, 1 skipped), 2.0 images/s"
 
 
-def test_a_terminal_shows_the_bar_over_the_whole_job(checkpoint, tmp_path):
+@pytest.mark.parametrize("slices", [[], ["--commit-every", "3"]])
+def test_a_terminal_shows_the_bar_over_the_whole_job(checkpoint, tmp_path, slices):
+    """One bar, whether the job runs in one piece or in slices of 3."""
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(6):
@@ -42,7 +45,7 @@ def test_a_terminal_shows_the_bar_over_the_whole_job(checkpoint, tmp_path):
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal's size, as xterm's
     proc = subprocess.Popen([".venv/bin/alexlabel", "label", "--input", f"{folder}/*", "--checkpoint", checkpoint,
-                             "--output", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=secondary)
+                             "--output", str(tmp_path / "out"), *slices], stdout=subprocess.PIPE, stderr=secondary)
     os.close(secondary)
     seen = b""
     while True:
@@ -57,4 +60,5 @@ def test_a_terminal_shows_the_bar_over_the_whole_job(checkpoint, tmp_path):
     final = seen.decode(errors="replace").replace("\r", "\n").splitlines()
     bars = [s for s in final if s.startswith("labeling:")]
     assert bars and "7/7" in bars[-1] and "img/s" in bars[-1] and "errors 1, skipped 0" in bars[-1]
+    assert all("/7 " in bar for bar in bars if "|" in bar)  # every drawn bar counts the whole job
     assert "labeled 6, errors 1" in proc.stdout.read().decode()
