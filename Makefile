@@ -33,8 +33,8 @@ test: install browser  ## lint, then the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-.PHONY: browser bench bench-query bench-parquet bench-review bench-embeddings bench-audit bench-curation bench-train \
-	bench-gpu label-studio test-integration
+.PHONY: browser bench bench-query bench-parquet bench-review bench-embeddings bench-slices bench-audit bench-curation \
+	bench-train bench-gpu label-studio test-integration
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 LS_VENV := .venv-label-studio
@@ -60,7 +60,7 @@ browser:  ## Debian's chromium, which the report test renders pages in (once; ne
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-bench: install bench-query bench-parquet bench-review bench-embeddings bench-audit bench-curation  ## bench-query to bench-curation below, then labeling speed beside the references, scaling, memory, bf16 vs fp32
+bench: install bench-query bench-parquet bench-review bench-embeddings bench-slices bench-audit bench-curation  ## bench-query to bench-curation below, then labeling speed beside the references, scaling, memory, bf16 vs fp32
 	$(BIN)/python benchmarks/bench_label.py --images $(or $(IMAGES),2000) --workdir bench-out \
 		--scaling $(or $(SCALING),1000 10000) $(BENCH_ARGS)
 	test -f alexlabel-demo/model/model.pt || $(BIN)/alexlabel demo
@@ -77,6 +77,9 @@ bench-review: install  ## the review app over 1 million label rows: time to open
 
 bench-embeddings: install  ## labeling speed with --embeddings and --probabilities beside without, and their tables' size per million images
 	$(BIN)/python benchmarks/bench_embeddings.py --images $(or $(IMAGES),2000) --workdir bench-out $(BENCH_ARGS)
+
+bench-slices: install  ## labeling in one run beside --commit-every slices of 500: what committing in slices costs
+	$(BIN)/python benchmarks/bench_slices.py --images $(or $(IMAGES),2000) --workdir bench-out $(BENCH_ARGS)
 
 bench-audit: install  ## the audit's neighbour pass over 1 million embeddings: time, memory, near-duplicate recall, exact search beside it (BENCH_ARGS="--n 100000")
 	$(BIN)/python benchmarks/bench_audit.py --workdir bench-out $(BENCH_ARGS)

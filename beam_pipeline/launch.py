@@ -51,11 +51,12 @@ def check(opts: LabelOptions, keep: bool) -> Manifest:
     return manifest
 
 
-def prepare(opts: LabelOptions, matched: bool = True) -> tuple[Manifest, dict[str, list[str]]]:
-    """Check everything a job needs before it starts (with `matched`, that the patterns match some image: a slice's
-    job checked it once); returns the manifest and, per table, the files of what resume skips (an input is done
-    once it has a row in each table the run writes, or an errors row)."""
-    manifest = check(opts, keep=opts.runner == "DirectRunner" and not opts.dry_run)
+def prepare(opts: LabelOptions, matched: bool = True, manifest: Manifest | None = None
+            ) -> tuple[Manifest, dict[str, list[str]]]:
+    """Check everything a job needs before it starts (for a slice, whose job checked its `manifest` and `matched`
+    inputs once, what is left); returns the manifest and, per table, the files of what resume skips (an input is
+    done once it has a row in each table the run writes, or an errors row)."""
+    manifest = manifest or check(opts, keep=opts.runner == "DirectRunner" and not opts.dry_run)
     if matched and opts.inputs and not opts.streaming and not count_matches(opts.inputs, opts.extensions):
         raise UsageError(f"no image files match {' '.join(opts.inputs)} (extensions: {', '.join(opts.extensions)}); "
                          "check the pattern, e.g. 'DIR/**' or 'gs://bucket/prefix/*.jpg'")
@@ -143,13 +144,16 @@ def run(opts: LabelOptions) -> dict:
     if uris is None or len(uris) <= size:  # one run, as ever: the pipeline matches the inputs itself
         return run_slice(opts)
     rows, started, t0 = [], datetime.now(UTC), time.perf_counter()
-    with Progress(total=len(uris)):
-        for k, start in enumerate(range(0, len(uris), size), 1):
-            try:
-                rows.append(run_slice(replace(opts, run_id=f"{opts.run_id}-{k:04d}"), uris[start:start + size],
-                                      progress=False))
-            except Interrupted as e:
-                raise Interrupted(stopped_line(opts, sum(finished(r) for r in rows) + e.done, len(uris))) from None
+    manifest = check(opts, keep=True)  # once: every slice's workers take this model, none loads its own
+    try:
+        with Progress(total=len(uris)):
+            for k, start in enumerate(range(0, len(uris), size), 1):
+                part = replace(opts, run_id=f"{opts.run_id}-{k:04d}")
+                rows.append(run_slice(part, uris[start:start + size], progress=False, manifest=manifest))
+    except Interrupted as e:
+        raise Interrupted(stopped_line(opts, sum(finished(r) for r in rows) + e.done, len(uris))) from None
+    finally:
+        drop_kept()
     counts = {key: sum(r[key] for r in rows) for key in ("matched", "labeled", "errored", "skipped")}
     if counts["matched"] != len(uris):
         raise AccountingError(f"run {opts.run_id}: its slices matched {counts['matched']} of {len(uris)} inputs; "
@@ -186,9 +190,10 @@ def stopped_line(opts: LabelOptions, done: int, matched: int) -> str:
            "to continue"
 
 
-def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool = True) -> dict:
-    """One run: everything the inputs match, or the `uris` given (a slice the launcher matched); returns its runs
-    row (also written under OUT/runs/).
+def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool = True,
+              manifest: Manifest | None = None) -> dict:
+    """One run: everything the inputs match, or the `uris` given (a slice the launcher matched, whose `manifest` it
+    checked and whose model it keeps); returns its runs row (also written under OUT/runs/).
 
     Ctrl-C stops a local run early: what its workers finished is committed, no runs row is written, and
     Interrupted says how many inputs are done. The first Ctrl-C sets STOPPING: the workers let no new input
@@ -202,7 +207,7 @@ def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool 
     stop_line = "stopped at once; rerun with --skip-existing to continue"
     with ctrl_c_sets(STOPPING, stop_line) if opts.runner == "DirectRunner" else contextlib.nullcontext():
         try:
-            manifest, done = prepare(opts, matched=uris is None)
+            manifest, done = prepare(opts, matched=uris is None, manifest=manifest)
             tidy_temp(opts.output)
             make_table_folders(opts.output, manifest.model_version, written_vector_tables(opts))
             started, t0 = datetime.now(UTC), time.perf_counter()
@@ -210,7 +215,8 @@ def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool 
             with disk_full_is_a_user_error(opts), shown, make_pipeline(opts) as p:
                 build(p, opts, manifest, done, uris)
         finally:
-            drop_kept()  # the workers took it, or never will
+            if uris is None:
+                drop_kept()  # the workers took it, or never will; a sliced job's launcher drops it at the end
         tidy_temp(opts.output)
         wall = time.perf_counter() - t0
         counts = {"matched": counter(p.result, "matched"),

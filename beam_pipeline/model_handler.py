@@ -64,8 +64,9 @@ def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto
 
 
 # The launcher loads the model up front (every checkpoint error before any input is read). With the
-# DirectRunner its worker threads live in the same process and take that copy instead of loading it again:
-# one load fewer (about a second of every local run), one copy of the weights in memory.
+# DirectRunner its worker threads live in the same process and take that copy instead of loading it again, as do
+# those of every slice of a sliced job: one load fewer (about a second of every local run, and of every slice),
+# one copy of the weights in memory however many slices run.
 _kept: dict[tuple[str, str, str], Classifier] = {}
 
 
@@ -131,7 +132,7 @@ class AlexNetModelHandler(ModelHandler[ImageFile, PredictionResult, Classifier])
         if self._threads:  # per process; 0 leaves torch's default (all cores)
             torch.set_num_threads(self._threads)
         key = (self._checkpoint, self._device, self._precision)
-        classifier = _kept.pop(key, None) or load_classifier(*key)
+        classifier = _kept.get(key) or load_classifier(*key)
         if self._preprocess and classifier.manifest.preprocess != self._preprocess:
             # Images were prepared for the first model; a swapped-in one must expect the same input.
             raise CheckpointError(f"checkpoint {self._checkpoint} expects preprocessing "
