@@ -9,8 +9,9 @@ from schemas.tables import TABLES, bigquery_schema
 
 @click.command("query")
 @click.argument("output")
-@click.option("--sql", help="Any DuckDB SQL over the views labels, errors, runs, reviews, latest, latest_errors, "
-                             "analyzed, failed and reviewed.")
+@click.option("--sql", help="Any DuckDB SQL over the views labels, errors, runs, reviews, embeddings, probabilities, "
+                             "issues, latest, latest_errors, analyzed, failed, reviewed, vectors, latest_audits and "
+                             "latest_issues.")
 @click.option("--summary", is_flag=True,
               help="Runs, accept/review split and confidence quantiles, rows per label, failed files by type "
                    "(the default when nothing else is asked).")
