@@ -142,7 +142,7 @@ def run(opts: LabelOptions) -> dict:
     uris = job_uris(opts)
     size = opts.commit_every or default_slice()
     if uris is None or len(uris) <= size:  # one run, as ever: the pipeline matches the inputs itself
-        return run_slice(opts)
+        return run_slice(opts, total=len(uris or ()))
     rows, started, t0 = [], datetime.now(UTC), time.perf_counter()
     manifest = check(opts, keep=True)  # once: every slice's workers take this model, none loads its own
     try:
@@ -191,9 +191,10 @@ def stopped_line(opts: LabelOptions, done: int, matched: int) -> str:
 
 
 def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool = True,
-              manifest: Manifest | None = None) -> dict:
+              manifest: Manifest | None = None, total: int = 0) -> dict:
     """One run: everything the inputs match, or the `uris` given (a slice the launcher matched, whose `manifest` it
-    checked and whose model it keeps); returns its runs row (also written under OUT/runs/).
+    checked and whose model it keeps); returns its runs row (also written under OUT/runs/). `total`: the inputs the
+    launcher matched, for the bar (0: as the pipeline counts them).
 
     Ctrl-C stops a local run early: what its workers finished is committed, no runs row is written, and
     Interrupted says how many inputs are done. The first Ctrl-C sets STOPPING: the workers let no new input
@@ -211,7 +212,7 @@ def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool 
             tidy_temp(opts.output)
             make_table_folders(opts.output, manifest.model_version, written_vector_tables(opts))
             started, t0 = datetime.now(UTC), time.perf_counter()
-            shown = Progress() if opts.runner == "DirectRunner" and progress else contextlib.nullcontext()
+            shown = Progress(total=total) if opts.runner == "DirectRunner" and progress else contextlib.nullcontext()
             with disk_full_is_a_user_error(opts), shown, make_pipeline(opts) as p:
                 build(p, opts, manifest, done, uris)
         finally:

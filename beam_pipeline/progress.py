@@ -42,7 +42,7 @@ class Progress:
     """`with Progress():` around a local run draws TALLY from a thread until the run ends."""
 
     def __init__(self, stream=None, line_seconds: float = LINE_SECONDS, total: int = 0):
-        self.stream, self.total = stream or sys.stderr, total  # total: the job's, when it runs in slices
+        self.stream, self.total = stream or sys.stderr, total  # total: the inputs the launcher matched (0: unknown)
         self.terminal = self.stream.isatty()
         self.line_seconds, self._stop = line_seconds, threading.Event()
         self._thread = threading.Thread(target=self._draw, name="alexlabel-progress", daemon=True)
