@@ -193,8 +193,8 @@ def stopped_line(opts: LabelOptions, done: int, matched: int) -> str:
 def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool = True,
               manifest: Manifest | None = None, total: int = 0) -> dict:
     """One run: everything the inputs match, or the `uris` given (a slice the launcher matched, whose `manifest` it
-    checked and whose model it keeps); returns its runs row (also written under OUT/runs/). `total`: the inputs the
-    launcher matched, for the bar (0: as the pipeline counts them).
+    checked and whose model it keeps); returns its runs row (also written under OUT/runs/). `total`: how many inputs
+    the launcher matched (so they need no second check, and the bar knows its end), 0 where it did not match them.
 
     Ctrl-C stops a local run early: what its workers finished is committed, no runs row is written, and
     Interrupted says how many inputs are done. The first Ctrl-C sets STOPPING: the workers let no new input
@@ -208,7 +208,7 @@ def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool 
     stop_line = "stopped at once; rerun with --skip-existing to continue"
     with ctrl_c_sets(STOPPING, stop_line) if opts.runner == "DirectRunner" else contextlib.nullcontext():
         try:
-            manifest, done = prepare(opts, matched=uris is None, manifest=manifest)
+            manifest, done = prepare(opts, matched=uris is None and not total, manifest=manifest)
             tidy_temp(opts.output)
             make_table_folders(opts.output, manifest.model_version, written_vector_tables(opts))
             started, t0 = datetime.now(UTC), time.perf_counter()

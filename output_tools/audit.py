@@ -157,24 +157,11 @@ def near_duplicates(images: Images, sims: np.ndarray, ids: np.ndarray, threshold
     for i in np.flatnonzero(group >= 0):
         members.setdefault(int(group[i]), []).append(int(i))
     sets = [m for m in members.values() if len({hashes[i] for i in m}) > 1]
-    similarity, partner = closest_partners(sims, ids, threshold)
+    similarity, partner = neighbors.closest_partners(sims, ids, threshold)
     uris = images.rows["uri"]
     return [issue_row(images, i, "near_duplicate", similarity[i], g, similarity=float(similarity[i]),
                       nearest=uris[int(partner[i])].as_py(), size=len(members_of))
             for g, members_of in enumerate(sorted(sets, key=min), start=first_group) for i in members_of]
-
-
-def closest_partners(sims: np.ndarray, ids: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's most similar partner among the pairs at or above the threshold, either way round: an
-    approximate search can find a pair from one side only. -1 (and similarity 0) for images in no pair."""
-    pair = (sims >= threshold) & (ids >= 0)
-    a, b, s = np.nonzero(pair)[0], ids[pair], sims[pair]
-    a, b, s = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([s, s])
-    order = np.lexsort((-s, a))  # by image, its most similar partner first
-    first = order[np.unique(a[order], return_index=True)[1]]
-    similarity, partner = np.zeros(len(sims), np.float32), np.full(len(sims), -1, np.int64)
-    similarity[a[first]], partner[a[first]] = s[first], b[first]
-    return similarity, partner
 
 
 def outliers(images: Images, sims: np.ndarray) -> list[dict]:

@@ -142,6 +142,24 @@ def progress(n: int, batch: int, what: str):
             bar.update(min(batch, n - lo))
 
 
+def close_pairs(sims: np.ndarray, ids: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, neighbour, similarity) of every neighbour found at or above the threshold, as three arrays."""
+    pair = (sims >= threshold) & (ids >= 0)
+    return np.nonzero(pair)[0], ids[pair], sims[pair]
+
+
+def closest_partners(sims: np.ndarray, ids: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's most similar partner among the pairs at or above the threshold, either way round: an
+    approximate search can find a pair from one side only. -1 (and similarity 0) for images in no pair."""
+    a, b, s = close_pairs(sims, ids, threshold)
+    a, b, s = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([s, s])
+    order = np.lexsort((-s, a))  # by image, its most similar partner first
+    first = order[np.unique(a[order], return_index=True)[1]]
+    similarity, partner = np.zeros(len(sims), np.float32), np.full(len(sims), -1, np.int64)
+    similarity[a[first]], partner[a[first]] = s[first], b[first]
+    return similarity, partner
+
+
 def groups(sims: np.ndarray, ids: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Near-duplicate sets: the connected components of the pairs with similarity >= threshold, as one id per
     vector (int64 [N]), -1 for vectors in no such pair. Groups are numbered 0..G-1 in the order of their lowest
@@ -152,8 +170,7 @@ def groups(sims: np.ndarray, ids: np.ndarray, threshold: float = DEFAULT_THRESHO
     the price is that a chain of close images can join two that are not alike.
     """
     n = len(ids)
-    pair = (sims >= threshold) & (ids >= 0)
-    rows, cols = np.nonzero(pair)[0], ids[pair]
+    rows, cols, _ = close_pairs(sims, ids, threshold)
     graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n)).tocsr()
     _, component = connected_components(graph, directed=True, connection="weak")
     members = np.unique(np.concatenate([rows, cols]))  # ascending
