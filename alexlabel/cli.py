@@ -16,16 +16,18 @@ LAZY_COMMANDS = {
     "train": ("trainer.cli:train_command",
               "Train an AlexNet classifier and export an inference checkpoint (OUTPUT/model.pt)."),
     "evaluate": ("trainer.cli:evaluate_command", "Top-1, top-5, per-class accuracy and the confusion matrix of a "
-                 "checkpoint on a labelled image folder."),
+                 "checkpoint on labelled images or shards."),
     "import-weights": ("trainer.cli:import_weights_command", "Wrap a state dict file (e.g. torchvision's "
                        "ImageNet AlexNet weights) into a checkpoint to label with."),
+    "shards": ("trainer.cli:shards_command", "Pack an image folder or manifest into shuffled WebDataset tar "
+               "shards that `alexlabel train --data` reads."),
     "label": ("beam_pipeline.cli:label_command",
               "Label every image the --input patterns match; write Parquet tables under --output."),
     "query": ("output_tools.cli:query_command", "Query an output folder or bucket: DuckDB SQL or built-in analyses."),
     "report": ("output_tools.cli:report_command", "Write one self-contained HTML page: label counts, confidence "
                "histograms, review queue, errors."),
-    "export": ("output_tools.cli:export_command", "Export labeled images as training data: an ImageFolder tree or "
-               "a manifest the trainer reads."),
+    "export": ("output_tools.cli:export_command", "Export labeled images as training data the trainer reads: an "
+               "ImageFolder tree, a manifest or shards."),
     "import-reviews": ("output_tools.cli:import_reviews_command",
                        "Bring people's decisions made in Label Studio into the reviews table."),
     "review": ("output_tools.cli:review_command", "Review labels in a local web app: confirm, correct or reject "

@@ -6,6 +6,8 @@ import click
 
 from schemas.tables import TABLES, bigquery_schema
 
+SHARD_MB = 256  # schemas.shards.SHARD_BYTES in MB: that module imports torch (webdataset does), which --help must not
+
 
 @click.command("query")
 @click.argument("output")
@@ -87,11 +89,12 @@ def report_command(output, html_path, model, all_rows, review_n, by, max_errors)
 @click.command("export")
 @click.argument("output")
 @click.option("--to", "target", nargs=2, required=True,
-              type=(click.Choice(["imagefolder", "manifest", "label-studio"]), str),
-              metavar="imagefolder DIR | manifest FILE | label-studio TASKS.json",
-              help="Copy the images into DIR/<label>/, write a uri,label manifest (.csv or .parquet), or write "
-                   "Label Studio tasks with the model's label as a prediction, and their labeling config beside "
-                   "them (TASKS.xml).")
+              type=(click.Choice(["imagefolder", "manifest", "shards", "label-studio"]), str),
+              metavar="imagefolder DIR | manifest FILE | shards DIR | label-studio TASKS.json",
+              help="Copy the images into DIR/<label>/, write a uri,label manifest (.csv or .parquet), write "
+                   "shuffled WebDataset tar shards of the images and their index.json into DIR (as `alexlabel "
+                   "shards` does), or write Label Studio tasks with the model's label as a prediction, and their "
+                   "labeling config beside them (TASKS.xml).")
 @click.option("--image-root", metavar="DIR",
               help="label-studio: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; local images become "
                    "/data/local-files/?d=<path under DIR> (gs:// and http(s) URIs stay as they are).")
@@ -99,8 +102,11 @@ def report_command(output, html_path, model, all_rows, review_n, by, max_errors)
 @click.option("--decision", type=click.Choice(["accept", "review"]), help="Only rows with this decision.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), help="Only rows at least this confident.")
 @click.option("--reviewed-only", is_flag=True, help="Only rows a person checked (`alexlabel review`).")
-def export_command(output, target, model, decision, min_confidence, reviewed_only, image_root):
-    """Export labeled images as training data: an ImageFolder tree or a manifest the trainer reads.
+@click.option("--shard-size", type=click.FloatRange(min=0, min_open=True), metavar="MB",
+              help=f"shards: each shard's target size in MB  [default: {SHARD_MB}]")
+@click.option("--overwrite", is_flag=True, help="shards: replace the shards DIR holds.")
+def export_command(output, target, model, decision, min_confidence, reviewed_only, image_root, shard_size, overwrite):
+    """Export labeled images as training data the trainer reads: an ImageFolder tree, a manifest or shards.
 
     A person's label (`alexlabel review`) wins over the model's, and rows marked unusable are left out;
     --decision and --min-confidence filter the rows nobody checked.
@@ -110,17 +116,32 @@ def export_command(output, target, model, decision, min_confidence, reviewed_onl
     from output_tools.export import ExportError, export
 
     kind, dest = target
+    if kind != "shards" and (shard_size or overwrite):
+        raise ExportError("--shard-size and --overwrite are for --to shards")
     if kind == "label-studio":
         from output_tools.label_studio import LabelStudioError, export_tasks
 
         if reviewed_only:
-            raise LabelStudioError("--reviewed-only is for imagefolder and manifest; Label Studio tasks carry the "
-                                   "model's labels, for people to review")
+            raise LabelStudioError("--reviewed-only is for imagefolder, manifest and shards; Label Studio tasks carry "
+                                   "the model's labels, for people to review")
         written, config, classes = export_tasks(output, dest, model, decision, min_confidence, image_root)
         click.echo(f"wrote {written} tasks to {dest} and their labeling config to {config} ({classes})")
         return
     if image_root:
         raise ExportError("--image-root is for --to label-studio")
+    if kind == "shards":
+        from output_tools.export import select_rows, shard_samples
+        from schemas.shards import check_destination, summary, write_shards
+
+        check_destination(dest, overwrite)  # before any row is read
+        rows = select_rows(output, model, decision, min_confidence, reviewed_only)
+        classes, samples = shard_samples(rows)
+        line, left_out = summary(*write_shards(samples, classes, dest, round((shard_size or SHARD_MB) * 2**20), 0,
+                                               output), dest)
+        click.echo(line)
+        if left_out:
+            click.echo(left_out, err=True)
+        return
     written, failures = export(output, kind, dest, model, decision, min_confidence, reviewed_only)
     click.echo(f"exported {written} images to {dest}" if kind == "imagefolder" else f"wrote {written} rows to {dest}")
     if failures:

@@ -1,10 +1,11 @@
 """`alexlabel export`: labeled images back into training data, closing train -> label -> review -> retrain.
 
-Two forms the trainer reads: an ImageFolder tree DIR/<label>/<file> (`alexlabel train --data`, as the
-train/ or val/ split) and a uri,label manifest in CSV or Parquet (`--data-manifest`). Rows follow the
-query rule: the latest row per uri of one model version. A person's verdict (the `reviewed` view) wins over
-the model's: their label where they corrected it, the row dropped where they marked it unusable. Checked
-rows pass whatever the filters; --decision and --min-confidence choose among the model's unchecked ones.
+Three forms the trainer reads: an ImageFolder tree DIR/<label>/<file> and WebDataset shards (schemas.shards),
+each `alexlabel train --data` as the train/ or val/ split, and a uri,label manifest in CSV or Parquet
+(`--data-manifest`). Rows follow the query rule: the latest row per uri of one model version. A person's
+verdict (the `reviewed` view) wins over the model's: their label where they corrected it, the row dropped
+where they marked it unusable. Checked rows pass whatever the filters; --decision and --min-confidence choose
+among the model's unchecked ones.
 """
 import csv
 import hashlib
@@ -104,6 +105,13 @@ def to_imagefolder(rows: list[tuple], directory: str) -> tuple[int, list[tuple[s
     with ThreadPoolExecutor(8) as pool:
         failures = [(uri, why) for (uri, _), why in zip(pairs, pool.map(copy, pairs), strict=True) if why]
     return len(pairs) - len(failures), failures
+
+
+def shard_samples(rows: list[tuple]) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (the sorted unique labels, as a manifest's) and the (uri, label_index) samples write_shards takes."""
+    classes = sorted({label for _, label, *_ in rows})
+    index = {name: i for i, name in enumerate(classes)}
+    return classes, [(uri, index[label]) for uri, label, *_ in rows]
 
 
 def to_manifest(rows: list[tuple], path: str) -> None:

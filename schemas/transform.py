@@ -115,3 +115,42 @@ def _direct_jpeg(header: Image.Image, pre: Preprocess) -> bool:
     level; nvJPEG's inverse DCT and upsampling differ slightly (`make bench-gpu` measures by how much)."""
     return (header.format == "JPEG" and header.mode in ("RGB", "L") and pre.interpolation == "bilinear"
             and min(header.size) < 2 * pre.resize and header.getexif().get(ORIENTATION_TAG, 1) == 1)
+
+
+@dataclass(frozen=True)
+class CropAt(Preprocess):
+    """Preprocess with its crop at `at`, (x, y) fractions of the room the resize leaves beside the crop: (0, 0)
+    the top-left corner, (0.5, 0.5) the center, Preprocess's own."""
+
+    at: tuple[float, float] = (0.5, 0.5)
+
+    def resize_plan(self, w: int, h: int) -> tuple[int, int, int, int]:
+        new_w, new_h, _, _ = super().resize_plan(w, h)
+        return new_w, new_h, round((new_w - self.crop) * self.at[0]), round((new_h - self.crop) * self.at[1])
+
+
+TEN_CROP_AT = ((0.5, 0.5), (0, 0), (1, 0), (0, 1), (1, 1))  # center, then the corners: TL, TR, BL, BR
+
+
+class TenCrop(Preprocess):
+    """The paper's test-time views (Krizhevsky et al. 2012, sec. 4.1) as a Preprocess whose eval tensors are
+    (10, 3, crop, crop): the center crop, the four corners, then their mirror images in the same order.
+
+    Being a Preprocess, it goes wherever one does (eval_tensor_from_bytes, eval_loader, the GPU decode), which
+    decode for it just as for the single crop. Each view is resized as the eval tensor is, from its own box, so
+    view 0 is exactly Preprocess's eval tensor: cropping one PIL resize of the whole image would differ by a level.
+    """
+
+    @classmethod
+    def of(cls, pre: Preprocess) -> "TenCrop":
+        return cls(**pre.to_dict())
+
+    def eval_tensor(self, img: Image.Image) -> torch.Tensor:
+        return self._views(lambda crop: crop.eval_tensor(img))
+
+    def eval_tensor_chw(self, x: torch.Tensor) -> torch.Tensor:
+        return self._views(lambda crop: crop.eval_tensor_chw(x))
+
+    def _views(self, crop_of) -> torch.Tensor:
+        five = torch.stack([crop_of(CropAt(**self.to_dict(), at=at)) for at in TEN_CROP_AT])
+        return torch.cat([five, five.flip(-1)])

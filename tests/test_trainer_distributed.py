@@ -143,3 +143,20 @@ def test_a_bad_option_in_the_processes_is_one_line(sample_dir, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "Error: 2 processes need --batch-size and the val set to be at least 2"]
+
+
+def test_two_processes_train_from_shards_in_equal_steps_and_resume_exactly(sample_dir, tmp_path):
+    from schemas.shards import write_shards
+
+    classes, samples = list_image_folder(os.path.join(sample_dir, "train"))
+    shard_set, _ = write_shards(samples, classes, str(tmp_path / "data" / "train"), shard_bytes=14_000)
+    write_shards(list_image_folder(os.path.join(sample_dir, "val"), classes)[1], classes,
+                 str(tmp_path / "data" / "val"), shard_bytes=14_000)
+    assert len(shard_set.shards) % 2 and len(shard_set.shards) > 2  # the processes are dealt unequal shares
+    recipe = {**NOISY, "data": str(tmp_path / "data"), "embedding_dim": 0}
+    spawn(train, TrainConfig(output=str(tmp_path / "whole"), **recipe), 2)
+    steps = [json.loads(line) for line in open(tmp_path / "whole" / "metrics.jsonl")]
+    assert [r["epoch"] for r in steps] == [1, 2]  # no process waited on another at an epoch's end
+    spawn(train, TrainConfig(output=str(tmp_path / "parts"), stop_after_steps=3, **recipe), 2)
+    spawn(train, TrainConfig(output=str(tmp_path / "parts"), resume=True, **recipe), 2)
+    assert_same_run(str(tmp_path / "whole"), str(tmp_path / "parts"))

@@ -15,6 +15,7 @@ import torchvision
 from common.errors import UserError, first_line
 from common.storage import atomic_write_bytes, read_bytes
 from schemas.checkpoint import Manifest, load_checkpoint, save_checkpoint, split_projection, with_projection
+from schemas.shards import ShardSet
 from trainer import distributed
 from trainer.calibrate import expected_calibration_error, fit_temperature
 from trainer.distributed import World
@@ -33,7 +34,7 @@ def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list
     provenance."""
     temperature = fit_temperature(logits, labels)
     metrics = {"val_top1": report["top1"], "val_top5": report["top5"], "val_images": report["images"],
-               "val_data": cfg.val_manifest or f"{cfg.data}/val",
+               "val_data": cfg.val_manifest or cfg.val_data or f"{cfg.data}/val",
                "ece_before": expected_calibration_error(logits, labels),
                "ece_after": expected_calibration_error(logits, labels, temperature)}
     manifest = Manifest(
@@ -46,7 +47,7 @@ def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list
     return save_checkpoint(first, state_dict, manifest, also=others)
 
 
-def add_projection(url: str, images: list[str], dim: int, source: str, also: Sequence[str] = (),
+def add_projection(url: str, images: list[str] | ShardSet, dim: int, source: str, also: Sequence[str] = (),
                    **fit_options) -> Manifest:
     """Rewrite the checkpoint at `url` (and its copies `also`) with an embedding projection fitted for its own
     weights on `images`; returns the new manifest. Read back from the file, not taken from the training loop,

@@ -1,8 +1,9 @@
-"""`alexlabel train`, `alexlabel import-weights` and `alexlabel evaluate`."""
+"""`alexlabel train`, `alexlabel import-weights`, `alexlabel evaluate` and `alexlabel shards`."""
 import json
 from dataclasses import replace
 
 import click
+import fsspec
 import torch
 
 from common.devices import DEVICE_HELP, DEVICE_WORDS, pick_device
@@ -10,13 +11,16 @@ from common.errors import UserError
 from common.interrupt import exits_130
 from common.storage import atomic_write_bytes, check_output_file
 from schemas.checkpoint import checkpoint_file
+from schemas.shards import SHARD_BYTES, ShardSet, check_destination, summary, write_shards
+from schemas.transform import TenCrop
 from trainer import distributed
 from trainer.config import ARCH_DEFAULTS, CHOICES, TrainConfig
-from trainer.data import class_differences, class_folders, eval_loader, list_image_folder
+from trainer.data import class_differences, class_folders, list_image_folder, manifest_samples
 from trainer.distributed import World
 from trainer.embedding import DIM, MAX_IMAGES
-from trainer.evaluate import accuracy_report, format_confusion, predict
+from trainer.evaluate import accuracy_line, accuracy_report, format_confusion, predict, predict_ten_crop
 from trainer.models import ARCHS, load_model
+from trainer.shards import eval_batches, image_set
 from trainer.train import train
 from trainer.weights import IMAGENET_EVAL, import_weights
 
@@ -37,7 +41,10 @@ def arch_default(option: str) -> str:
 
 
 @click.command("train")
-@click.option("--data", default="", help="Folder or bucket URL with train/<class>/ and val/<class>/ images.")
+@click.option("--data", default="", help="Folder or bucket URL with train/ and val/, each <class>/ image folders or "
+              "WebDataset shards (`alexlabel shards`); with --val-data, the training set itself: class folders, a "
+              "shard folder or a shard pattern (e.g. 'gs://b/train/shard-{000000..000099}.tar').")
+@click.option("--val-data", default="", help="With --data TRAIN: the validation set, in any form --data takes.")
 @click.option("--data-manifest", default="", help="Instead of --data: CSV or Parquet file (or folder, e.g. a "
               "labels table) of uri,label training rows, or a labeling output folder (people's labels win over the "
               "model's, unusable rows left out); classes are the sorted unique labels.")
@@ -157,29 +164,109 @@ def import_weights_command(state_dict, arch, classes_file, output, resize, crop,
 
 @click.command("evaluate")
 @click.option("--checkpoint", required=True, help="An inference checkpoint (model.pt).")
-@click.option("--data", required=True, help="Folder or bucket URL of <class>/<images>, e.g. DATA/val.")
+@click.option("--data", required=True, help="Folder or bucket URL of <class>/<images>, e.g. DATA/val, or shards "
+              "(a folder with index.json, or a pattern).")
 @click.option("--json", "json_out", help="Also write the full report (per-class, confusion) as JSON here.")
 @click.option("--device", default="auto", show_default=True, metavar=DEVICE_WORDS, help=DEVICE_HELP)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
-def evaluate_command(checkpoint, data, json_out, device, batch_size, workers):
-    """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a labelled image folder."""
+@click.option("--ten-crop", is_flag=True, help="Score as the 2012 paper did: the softmax averaged over the center "
+              "and four corner crops and their mirror images; the center crop's figures are printed beside.")
+def evaluate_command(checkpoint, data, json_out, device, batch_size, workers, ten_crop):
+    """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on labelled images or shards."""
     if json_out:
         check_output_file(json_out, "--json")
     torch_device = pick_device(device)
     module, manifest, _ = load_model(resolve_checkpoint(checkpoint))
     module = module.to(torch_device, memory_format=torch.channels_last)
-    _, samples = list_image_folder(data, manifest.class_names, "the model")
-    if differences := class_differences(class_folders(data), manifest.class_names):
+    _, images = image_set(data, manifest.class_names, "the model")
+    if not isinstance(images, ShardSet) and (differences := class_differences(class_folders(data),
+                                                                              manifest.class_names)):
         click.echo(f"note: the classes of {data} differ from the model's ({differences}); evaluating those in both",
                    err=True)
     pre = manifest.preprocess
-    logits, labels = predict(module, eval_loader(samples, pre, batch_size, workers),
-                             pre, torch_device, torch.bfloat16 if torch_device.type == "cuda" else None)
-    report = accuracy_report(logits, labels, manifest.class_names)
-    click.echo(f"{report['images']} images: top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}")
+    amp_dtype = torch.bfloat16 if torch_device.type == "cuda" else None
+    if ten_crop:  # the paper's prediction is the report; the center crop's accuracy, from the same forward, beside it
+        center, logits, labels = predict_ten_crop(module, eval_batches(images, TenCrop.of(pre), batch_size, workers),
+                                                  pre, torch_device, amp_dtype)
+        report = accuracy_report(logits, labels, manifest.class_names)
+        single = accuracy_report(center, labels, manifest.class_names)
+        report["center_crop"] = {"top1": single["top1"], "top5": single["top5"]}
+    else:
+        logits, labels = predict(module, eval_batches(images, pre, batch_size, workers), pre, torch_device, amp_dtype)
+        report = accuracy_report(logits, labels, manifest.class_names)
+    click.echo(f"{report['images']} images: {accuracy_line(report)}")
     for name, acc in report["per_class"].items():
         click.echo(f"  {name:<24} {acc:.4f}")
     click.echo(format_confusion(report["confusion"], manifest.class_names))
     if json_out:
         atomic_write_bytes(json_out, json.dumps(report, indent=2).encode())
+
+
+def source_kind(source: str) -> str:
+    """What `alexlabel shards` was given, from one listing: "imagefolder" (train/ and val/ of class folders, as
+    `train --data` takes), "classes" (one tree of class folders) or "manifest" (a CSV or Parquet file, a Parquet
+    table folder, or a labeling output)."""
+    fs, path = fsspec.core.url_to_fs(source)
+    if fs.isfile(path):
+        return "manifest"
+    if not fs.isdir(path):
+        raise UserError(f"shard source {source} does not exist; give an image folder (train/<class>/ and "
+                        "val/<class>/, or <class>/) or a uri,label manifest (CSV, Parquet or a labeling output)")
+    names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+    if "runs" in names or any(n.endswith(".parquet") or "=" in n for n in names):  # key=value/: hive partitions
+        return "manifest"
+    return "imagefolder" if "train" in names else "classes"
+
+
+def source_sets(source: str, kind: str, decision: str) -> list[tuple[list[str], list[tuple[str, int]]]]:
+    """(classes, samples) of each set to write: train's then val's, val with train's classes (as `alexlabel train`
+    reads them, so label indices agree), or the one set of a class tree or manifest."""
+    if kind == "manifest":
+        return [manifest_samples(source, decision=decision or None)]
+    if kind == "classes":
+        return [list_image_folder(source)]
+    classes, train = list_image_folder(f"{source}/train")
+    _, val = list_image_folder(f"{source}/val", classes, f"{source}/train")
+    if differences := class_differences(class_folders(f"{source}/val"), classes):
+        click.echo(f"note: the classes of {source}/val differ from train's ({differences}); writing val with "
+                   "train's classes", err=True)
+    return [(classes, train), (classes, val)]
+
+
+def under(root: str, split: str) -> str:
+    """ROOT/train for a split; ROOT itself for the one set of a class tree or manifest."""
+    return f"{root}/{split}" if split else root
+
+
+@click.command("shards")
+@click.argument("source")
+@click.argument("dest")
+@click.option("--shard-size", type=click.FloatRange(min=0, min_open=True), default=SHARD_BYTES / 2**20,
+              show_default=True, metavar="MB",
+              help="Each shard's target size in MB.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle before the split into "
+              "shards.")
+@click.option("--overwrite", is_flag=True, help="Replace the shards DEST holds (their index goes first).")
+@click.option("--decision", default="", help="Keep only the manifest rows with this decision, e.g. accept.")
+def shards_command(source, dest, shard_size, seed, overwrite, decision):
+    """Pack an image folder or manifest into shuffled WebDataset tar shards that `alexlabel train --data` reads.
+
+    SOURCE is an ImageFolder root (train/<class>/ and val/<class>/, written to DEST/train and DEST/val), one tree
+    of <class>/ folders, or a uri,label manifest (CSV, Parquet, or a labeling output, where people's labels win),
+    written to DEST. Either may be local or gs://. Images that cannot be read are left out and listed.
+    """
+    source, dest = source.rstrip("/"), dest.rstrip("/")
+    kind = source_kind(source)
+    if decision and kind != "manifest":
+        raise UserError("--decision filters manifest rows; drop it for an image folder")
+    splits = ("train", "val") if kind == "imagefolder" else ("",)
+    for out in dict.fromkeys([dest, *(under(dest, split) for split in splits)]):  # DEST itself: a file there
+        check_destination(out, overwrite)
+    for split, (classes, samples) in zip(splits, source_sets(source, kind, decision), strict=True):
+        out = under(dest, split)
+        line, left_out = summary(*write_shards(samples, classes, out, round(shard_size * 2**20), seed,
+                                               under(source, split)), out)
+        click.echo(line)
+        if left_out:
+            click.echo(left_out, err=True)

@@ -23,7 +23,8 @@ CHOICES = {"arch": tuple(ARCH_DEFAULTS), "amp": ("auto", "bf16", "fp16", "off"),
 @dataclass
 class TrainConfig:
     output: str                    # where last.pt, model.pt, best-*.pt and metrics.jsonl go
-    data: str = ""                 # folder or bucket URL holding train/<class>/ and val/<class>/, or:
+    data: str = ""                 # URL holding train/ and val/ (class folders or shards); with val_data, the
+    val_data: str = ""             # training set itself (class folders, shard folder or pattern), and this val's; or:
     data_manifest: str = ""        # a CSV/Parquet table of (uri, label) training rows; classes = sorted labels
     val_manifest: str = ""         # the same for validation rows
     decision: str = ""             # keep only data_manifest rows with this decision (labels tables: accept)

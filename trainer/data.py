@@ -175,14 +175,24 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             if self.eval_pre:  # evaluation: exactly the labeling pipeline's bytes-to-tensor path
                 return eval_tensor_from_bytes(read_bytes(uri), self.eval_pre)[0], label
-            img = decode_image(read_bytes(uri), self.min_side)[0]
-            if seed is None:
-                return self.transform(img), label
-            with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG (dropout, lighting) untouched
-                torch.default_generator.manual_seed(seed)  # the CPU generator only: transforms draw from it
-                return self.transform(img), label
+            data = read_bytes(uri)
         except Exception:  # a broken image costs one sample, not the run; collate counts it
             return None
+        return train_tensor(data, label, self.transform, self.min_side, seed)
+
+
+def train_tensor(data: bytes, label: int, transform, min_side: int, seed: int | None):
+    """(augmented uint8 tensor, label) of an image's bytes, or None if they do not decode. With a seed, the random
+    transform draws from that seed alone, whichever worker (or the main process) decodes the image."""
+    try:
+        img = decode_image(data, min_side)[0]
+        if seed is None:
+            return transform(img), label
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG (dropout, lighting) untouched
+            torch.default_generator.manual_seed(seed)  # the CPU generator only: transforms draw from it
+            return transform(img), label
+    except Exception:  # a broken image costs one sample, not the run; collate counts it
+        return None
 
 
 class EpochSampler(torch.utils.data.Sampler):

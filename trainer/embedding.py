@@ -13,9 +13,10 @@ import torch
 
 from common.errors import UserError
 from schemas.checkpoint import Projection
+from schemas.shards import ShardSet
 from schemas.transform import Preprocess
-from trainer.data import eval_loader
 from trainer.models import features_and_logits
+from trainer.shards import eval_batches
 
 DIM = 128  # the default embedding size: 32x fewer numbers per image than AlexNet's 4096 activations
 CPU = torch.device("cpu")
@@ -24,14 +25,15 @@ MAX_IMAGES = 20_000
 WHITEN_FLOOR = 0.01  # added to each kept variance, as a share of the largest: tail directions are not blown up
 
 
-def fit_projection(module: torch.nn.Module, images: list[str], preprocess: Preprocess, dim: int = DIM, *,
+def fit_projection(module: torch.nn.Module, images: list[str] | ShardSet, preprocess: Preprocess, dim: int = DIM, *,
                    source: str, device: torch.device = CPU, amp_dtype: torch.dtype | None = None,
                    batch_size: int = 128, workers: int = 0, max_images: int = MAX_IMAGES,
                    seed: int = 0) -> tuple[Projection, dict]:
     """The projection of `module`'s penultimate activations on (at most max_images of) `images`, and how it was
-    fitted, for Manifest.embedding. Unreadable images are skipped; `module` is moved to `device`, in eval mode."""
-    chosen = sample(images, max_images, seed)
-    loader = eval_loader([(uri, 0) for uri in chosen], preprocess, batch_size, workers)
+    fitted, for Manifest.embedding. Unreadable images are skipped; `module` is moved to `device`, in eval mode.
+    Of shards, the first max_images are taken: they were shuffled when written."""
+    samples = images if isinstance(images, ShardSet) else [(uri, 0) for uri in sample(images, max_images, seed)]
+    loader = eval_batches(samples, preprocess, batch_size, workers, limit=max_images)
     module = module.to(device, memory_format=torch.channels_last).eval()
     with torch.inference_mode():
         projection, info = principal_components(activations(module, loader, preprocess, device, amp_dtype), dim)

@@ -1,7 +1,8 @@
 """Train an AlexNet classifier, read top to bottom.
 
-Data: DATA/train/<class>/ and DATA/val/<class>/, or two (uri, label) manifests in CSV or Parquet, such
-as a labels table filtered to its accepted rows. Writes under OUTPUT:
+Data: DATA/train/ and DATA/val/, each a tree of <class>/ image folders or WebDataset shards (trainer/shards.py),
+or two (uri, label) manifests in CSV or Parquet, such as a labels table filtered to its accepted rows.
+Writes under OUTPUT:
 - last.pt: the full training state (weights, optimizer, schedules, AMP scaler, RNGs, position in the
   epoch) at each epoch end and every save_every_steps batches; --resume continues from it exactly;
 - model.pt: the best epoch by val top-1, as an inference checkpoint (schemas.checkpoint), calibrated, with
@@ -33,6 +34,7 @@ from common.errors import UserError
 from common.interrupt import Interrupted, ctrl_c_sets
 from common.storage import atomic_write_bytes
 from schemas.checkpoint import Manifest, load_checkpoint
+from schemas.shards import ShardSet, is_shard_set
 from schemas.transform import Preprocess
 from trainer import distributed
 from trainer.calibrate import calibration_warning
@@ -47,18 +49,11 @@ from trainer.checkpoints import (
     twins,
 )
 from trainer.config import TrainConfig
-from trainer.data import (
-    EpochSampler,
-    eval_loader,
-    list_image_folder,
-    loader,
-    manifest_samples,
-    pca_lighting,
-    train_transform,
-)
+from trainer.data import EpochSampler, manifest_samples, pca_lighting, train_transform
 from trainer.distributed import World
 from trainer.evaluate import accuracy_report, predict
 from trainer.models import build_model
+from trainer.shards import Images, ShardStream, eval_batches, image_count, image_set, train_batches
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -75,16 +70,22 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return AMP_DTYPES.get(cfg.amp)
 
 
-def training_data(cfg: TrainConfig) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
-    """Classes and (uri, label_index) train and val samples, from the image folders or the manifests."""
+def training_data(cfg: TrainConfig) -> tuple[list[str], Images, Images]:
+    """Classes and the train and val images: (uri, label_index) samples of image folders or manifests, or shards."""
     manifests = bool(cfg.data_manifest or cfg.val_manifest)
     if bool(cfg.data) == manifests or (manifests and not (cfg.data_manifest and cfg.val_manifest)):
         raise UserError("give either --data DIR (with train/ and val/) or both --data-manifest and --val-manifest")
     if cfg.data:
         if cfg.decision:
             raise UserError("--decision filters --data-manifest rows; image folders have no decisions")
-        classes, train_samples = list_image_folder(f"{cfg.data}/train")
-        return classes, train_samples, list_image_folder(f"{cfg.data}/val", classes)[1]
+        if not cfg.val_data and is_shard_set(cfg.data):
+            raise UserError(f"--data {cfg.data} is a shard set, the training set itself; give the validation set "
+                            "with --val-data")
+        train_url, val_url = (cfg.data, cfg.val_data) if cfg.val_data else (f"{cfg.data}/train", f"{cfg.data}/val")
+        classes, train_images = image_set(train_url)
+        return classes, train_images, image_set(val_url, classes)[1]
+    if cfg.val_data:
+        raise UserError("--val-data goes with --data; with --data-manifest give --val-manifest")
     classes, train_samples = manifest_samples(cfg.data_manifest, decision=cfg.decision or None)
     return classes, train_samples, manifest_samples(cfg.val_manifest, classes)[1]
 
@@ -152,11 +153,11 @@ def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None
     # process stops at the same step, whole, and last.pt is saved there. A second Ctrl-C only asks again: under
     # --nproc each process gets the terminal's and the launcher's.
     with ctrl_c_sets(t.stop_requested):
-        say(f"training {cfg.arch} on {len(t.train_samples)} images, {len(t.classes)} classes, {device}"
+        say(f"training {cfg.arch} on {image_count(t.train_images)} images, {len(t.classes)} classes, {device}"
             f"{' ' + str(t.dtype).removeprefix('torch.') if t.dtype else ''}"
             f"{f' x {world.size} processes' if world.size > 1 else ''}; validating on {t.val_images}")
         for epoch in range(state["epoch"], cfg.epochs):
-            t.sampler.set_epoch(epoch, start=state["step"])  # mid-epoch resume skips the batches already done
+            t.epochs.set_epoch(epoch, start=state["step"])  # mid-epoch resume skips the batches already done
             tally = train_epoch(t, state, epoch)
             if state["step"] < t.steps_per_epoch:
                 say(f"stopped after {epoch * t.steps_per_epoch + state['step']} steps, in epoch {epoch + 1}; "
@@ -219,9 +220,9 @@ class Training:
     pre: Preprocess
     memory_format: torch.memory_format
     classes: list[str]
-    train_samples: list[tuple[str, int]]  # (uri, label index); the embedding projection is fitted on these
+    train_images: Images  # the embedding projection is fitted on these
     val_images: int
-    sampler: EpochSampler
+    epochs: EpochSampler | ShardStream  # set_epoch(epoch, start) picks the batches train_loader makes
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
     steps_per_epoch: int
@@ -247,13 +248,13 @@ def setup(cfg: TrainConfig, world: World, device: torch.device) -> Training:
     random.seed(cfg.seed)
     dtype = amp_dtype(cfg, device)
     pre = Preprocess(resize=cfg.resize or round(cfg.image_size * 256 / 224), crop=cfg.image_size)
-    classes, train_samples, val_samples = training_data(cfg)
-    if world.size > min(cfg.batch_size, len(val_samples)):
+    classes, train_images, val_images = training_data(cfg)
+    if world.size > min(cfg.batch_size, image_count(val_images)):
         raise UserError(f"{world.size} processes need --batch-size and the val set to be at least {world.size}")
-    sampler = EpochSampler(len(train_samples), cfg.seed, cfg.batch_size, world.rank, world.size)
-    train_loader = loader(train_samples, train_transform(pre, cfg.crop), pre.resize, cfg.batch_size, cfg.workers,
-                          sampler)
-    val_loader = eval_loader(val_samples[world.rank::world.size], pre, cfg.batch_size, cfg.workers)
+    epochs, train_loader, steps_per_epoch = train_batches(train_images, train_transform(pre, cfg.crop), pre.resize,
+                                                          cfg.batch_size, cfg.seed, cfg.workers, world.rank,
+                                                          world.size)
+    val_loader = eval_batches(val_images, pre, cfg.batch_size, cfg.workers, world.rank, world.size)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     model = build_model(cfg.arch, len(classes), **cfg.arch_kwargs).to(device, memory_format=memory_format)
@@ -264,11 +265,10 @@ def setup(cfg: TrainConfig, world: World, device: torch.device) -> Training:
         model.compile()  # in place, so state_dict keys stay those of the plain model
     net = distributed.replicate(model, device)
     optimizer = make_optimizer(cfg, model)
-    steps_per_epoch = math.ceil(len(train_samples) / cfg.batch_size)
     scheduler, plateau = make_schedulers(cfg, optimizer, steps_per_epoch)
     return Training(
         cfg=cfg, world=world, device=device, dtype=dtype, pre=pre, memory_format=memory_format, classes=classes,
-        train_samples=train_samples, val_images=len(val_samples), sampler=sampler, train_loader=train_loader,
+        train_images=train_images, val_images=image_count(val_images), epochs=epochs, train_loader=train_loader,
         val_loader=val_loader, steps_per_epoch=steps_per_epoch, model=model, net=net, optimizer=optimizer,
         scheduler=scheduler, plateau=plateau,
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),  # a no-op unless fp16
@@ -405,7 +405,7 @@ def with_embedding(t: Training, state: dict, best: Manifest) -> Manifest:
         return best
     t0 = time.perf_counter()
     try:
-        best = add_projection(f"{t.cfg.output}/model.pt", [uri for uri, _ in t.train_samples], t.cfg.embedding_dim,
+        best = add_projection(f"{t.cfg.output}/model.pt", uris(t.train_images), t.cfg.embedding_dim,
                               "training set", twins(t.cfg.output, state["kept"], best), device=t.device,
                               amp_dtype=t.dtype, batch_size=t.cfg.batch_size, workers=t.cfg.workers, seed=t.cfg.seed)
     except UserError as e:
@@ -415,6 +415,11 @@ def with_embedding(t: Training, state: dict, best: Manifest) -> Manifest:
     print(f"fitted the embedding projection on {e['fitted_on']} training images: {e['dim']} of {e['features']} "
           f"dimensions keep {e['explained_variance']:.1%} of the variance ({time.perf_counter() - t0:.1f} s)")
     return best
+
+
+def uris(images: Images) -> list[str] | ShardSet:
+    """What the projection is fitted on: folders' uris, or the shards themselves."""
+    return images if isinstance(images, ShardSet) else [uri for uri, _ in images]
 
 
 def validate(model, val_loader, pre, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
