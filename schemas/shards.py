@@ -216,8 +216,8 @@ def _read_ahead(uris: Iterable[str]) -> Iterator[bytes | str]:
     def read(uri: str) -> bytes | str:
         try:
             return read_bytes(uri)
-        except OSError as e:
-            return f"{type(e).__name__}: {e}"
+        except Exception as e:  # OSError, or a store's own (gcsfs's HttpError): one image left out, not the set
+            return f"{type(e).__name__}: {first_line(e)}"
 
     with ThreadPoolExecutor(READ_AHEAD) as pool:
         pending = []

@@ -73,6 +73,13 @@ def test_gpu_dockerfile_pins_what_setup_py_pins():
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in dockerfile
 
 
+def test_gpu_dockerfile_copies_every_package_setup_py_installs():
+    dockerfile = open(os.path.join(ROOT, "Dockerfile.gpu")).read()
+    setup_py = open(os.path.join(ROOT, "setup.py")).read()
+    packages = set(re.findall(r'"(\w+)"', setup_py[setup_py.index("find_packages("):setup_py.index("]")]))
+    assert packages and {name for name in packages if f"COPY {name} ./{name}" not in dockerfile} == set()
+
+
 def test_dry_run_translates_the_whole_job_offline(gcs, sample_dir, checkpoint):
     gcs.mkdir("alexlabel-df")
     gcs.put(os.path.join(sample_dir, "bucket"), "alexlabel-df/images/", recursive=True)
