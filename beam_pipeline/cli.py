@@ -77,12 +77,13 @@ def label_command(inputs, input_lists, extensions, beam_args, **kw):
     Extra arguments after the options go to Beam as they are (e.g. --direct_num_workers=2).
     """
     bound_heap()  # before Beam and torch start threads: glibc never retires an arena once made
-    from beam_pipeline.launch import dry_run, launch_streaming, run  # loads Beam and torch
-    from trainer.cli import resolve_checkpoint
-
     opts = LabelOptions(inputs=list(inputs), input_lists=list(input_lists), beam_args=list(beam_args),
                         extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()), **kw).validate()
     opts.checkpoint = resolve_checkpoint(opts.checkpoint)
+    from trainer.models import load_model_ahead
+
+    load_model_ahead(opts.checkpoint)  # for the launcher's check, while Beam imports
+    from beam_pipeline.launch import dry_run, launch_streaming, run
     if opts.dry_run:
         flags, transforms = dry_run(opts)
         click.echo(json.dumps({"run_id": opts.run_id, "runner": opts.runner, "beam_options": flags,
@@ -97,6 +98,17 @@ def label_command(inputs, input_lists, extensions, beam_args, **kw):
         return
     with exits_130():
         echo_run(run(opts))
+
+
+def resolve_checkpoint(url: str) -> str:
+    """The file --checkpoint names; a folder's model.pt is named on stderr. trainer.cli has the same for `evaluate`,
+    but importing it imports torchvision (with torch._dynamo), which labeling never needs."""
+    from schemas.checkpoint import checkpoint_file
+
+    path = checkpoint_file(url)
+    if path != url:
+        click.echo(f"using {path}", err=True)
+    return path
 
 
 def watch_until_ctrl_c(opts: LabelOptions) -> None:

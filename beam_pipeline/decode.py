@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import apache_beam as beam
 import torch
 from apache_beam.metrics import Metrics
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from beam_pipeline.heap import bound_heap
 from beam_pipeline.read import read_uri
 from beam_pipeline.rows import Failure
+from common.jpeg import RGB, decode_jpeg
 from common.redact import redact
 from schemas.transform import Preprocess, eval_tensor_from_bytes
 
@@ -148,7 +148,7 @@ def _decode_on(jpegs: torch.Tensor | list[torch.Tensor], device: torch.device
     """decode_jpeg of one JPEG or a list; None where the decoder refuses the data, but a failing device
     raises."""
     try:
-        return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(jpegs, mode=RGB, device=device)
     except DEVICE_FAILURES:
         raise
     except RuntimeError:

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_pipeline.decode import ImageFile, decode_batch
 from beam_pipeline.heap import trim_heap
+from beam_pipeline.inference import ModelHandler, PredictionResult
 from beam_pipeline.lean_layers import lean_for_inference
 from beam_pipeline.raw_pixels import fold_normalization
 from beam_pipeline.rows import Failure, Prediction

@@ -12,14 +12,13 @@ recorded as errors (--retry-errors tries those again). After Ctrl-C in a local r
 inputs through (failures.py). The launcher (launch.py) runs it and accounts for it.
 """
 import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-from apache_beam.ml.inference.utils import WatchFilePattern
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import window
 
 from beam_pipeline.decode import PrepareImage
 from beam_pipeline.failures import not_stopping
+from beam_pipeline.inference import RunInference, WatchFilePattern
 from beam_pipeline.model_handler import AlexNetModelHandler
 from beam_pipeline.options import LabelOptions
 from beam_pipeline.read import MatchImages, SkipDone, count_matched

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
+from common.jpeg import RGB, decode_jpeg
 from schemas.images import INTERPOLATIONS, ORIENTATION_TAG, decode_opened, open_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,7 +102,7 @@ def eval_tensor_from_bytes(data: bytes, pre: Preprocess, keep_jpeg: bool = False
         if keep_jpeg:
             return encoded, header.size
         try:
-            return pre.eval_tensor_chw(decode_jpeg(encoded, mode=ImageReadMode.RGB)), header.size
+            return pre.eval_tensor_chw(decode_jpeg(encoded, mode=RGB)), header.size
         except RuntimeError:
             pass
     img, size = decode_opened(header, pre.resize)  # the header already opened and checked above

@@ -4,6 +4,8 @@ import torch
 import torchvision
 from torch import nn
 
+from schemas.checkpoint import CheckpointError
+from trainer import models
 from trainer.models import ARCHS, build_model
 
 
@@ -25,6 +27,15 @@ def test_torchvision_alexnet_state_dicts_load_as_is():
         assert torch.equal(ours(x), reference.eval()(x))
 
 
+def test_alexnet_is_torchvisions_from_the_same_seed():
+    torch.manual_seed(3)
+    reference = torchvision.models.alexnet(num_classes=10).state_dict()
+    torch.manual_seed(3)
+    ours = build_model("alexnet", 10).state_dict()
+    assert list(ours) == list(reference)
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
 def test_alexnet2012_follows_the_paper():
     model = build_model("alexnet2012", 1000)
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
@@ -44,3 +55,18 @@ def test_wrong_weights_and_unknown_arch_raise_one_clear_error():
         build_model("alexnet_small", 5, state_dict=weights, width=8)
     with pytest.raises(ValueError, match=f"choose one of {', '.join(sorted(ARCHS))}"):
         build_model("vgg16", 10)
+
+
+def test_load_model_takes_the_load_started_ahead_and_its_error(checkpoint, tmp_path, monkeypatch):
+    loads = []
+    real = models._load_model
+    monkeypatch.setattr(models, "_load_model", lambda url: loads.append(url) or real(url))
+    models.load_model_ahead(checkpoint)
+    module, manifest, _ = models.load_model(checkpoint)
+    assert loads == [checkpoint] and manifest.arch == "alexnet_small" and not module.training
+    models.load_model(checkpoint)  # only the next load takes it
+    assert loads == [checkpoint, checkpoint]
+    missing = str(tmp_path / "gone.pt")
+    models.load_model_ahead(missing)
+    with pytest.raises(CheckpointError, match=f"checkpoint {missing} does not exist"):
+        models.load_model(missing)

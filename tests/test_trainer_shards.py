@@ -179,18 +179,18 @@ def test_training_from_shards_on_a_gcs_server_matches_training_from_the_folders(
     seed's noise larger than any difference worth finding), and the same from shards served by GCS."""
     data = tmp_path / "sample"
     write_sample_data(str(data))
-    gcs.mkdir("alexlabel-shards")
+    gcs.mkdir("alexlabel-shard-train")
     classes, samples = list_image_folder(f"{data}/train")
     for split, split_samples in (("train", samples), ("val", list_image_folder(f"{data}/val", classes)[1])):
-        write_shards(split_samples, classes, f"gs://alexlabel-shards/data/{split}", shard_bytes=1_000_000)
+        write_shards(split_samples, classes, f"gs://alexlabel-shard-train/data/{split}", shard_bytes=1_000_000)
     gcs.invalidate_cache()
-    assert len(open_shard_set("gs://alexlabel-shards/data/train").shards) >= 8
+    assert len(open_shard_set("gs://alexlabel-shard-train/data/train").shards) >= 8
 
     def val_top1(source: str, output: str) -> float:
         return train(TrainConfig(data=source, output=output, embedding_dim=0, **DEMO_TRAINING)).metrics["val_top1"]
 
     from_folders = val_top1(str(data), str(tmp_path / "folders"))
-    from_shards = val_top1("gs://alexlabel-shards/data", str(tmp_path / "shards"))
+    from_shards = val_top1("gs://alexlabel-shard-train/data", str(tmp_path / "shards"))
     assert min(from_folders, from_shards) > 0.9 and abs(from_shards - from_folders) <= 0.06, (from_folders,
                                                                                              from_shards)
 

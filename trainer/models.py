@@ -1,6 +1,7 @@
-"""The AlexNet family, built by name. A leaf module: torch and torchvision only.
+"""The AlexNet family, built by name. A leaf module: torch only.
 
-- `alexnet`: torchvision's layout, so torchvision state dicts (e.g. its ImageNet weights) load as is.
+- `alexnet`: torchvision's layout, so torchvision state dicts (e.g. its ImageNet weights) load as is. Written out
+  here, not imported: importing torchvision.models imports torch._dynamo, a large part of labeling's start-up.
 - `alexnet2012`: the 2012 paper's network: 96-256-384-384-256 convolutions, local response
   normalization (k=2, n=5, alpha=1e-4, beta=0.75), overlapping 3x3/2 max pooling, dropout 0.5.
 - `alexnet_small`: the same shape for 32-96 px inputs (stride-2 5x5 stem), with a width knob.
@@ -9,9 +10,10 @@
 gives the penultimate activations that embeddings are projected from. The labeling pipeline takes this module
 and nothing else from the trainer.
 """
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import torch
 from torch import nn
-from torchvision.models import AlexNet
 
 from common.errors import first_line
 from schemas.checkpoint import CheckpointError, Manifest, Projection, load_checkpoint, split_projection
@@ -22,7 +24,33 @@ def _lrn() -> nn.LocalResponseNorm:
     return nn.LocalResponseNorm(size=5, alpha=5 * 1e-4, beta=0.75, k=2.0)
 
 
-class AlexNet2012(nn.Module):
+class _Net(nn.Module):
+    """What every ARCHS network is: features, then avgpool, then classifier (features_and_logits relies on it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class AlexNet(_Net):
+    """torchvision's AlexNet, module for module: the same state dict keys, and the same weights from the same seed."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = _classifier(256 * 6 * 6, 4096, num_classes, dropout)
+
+
+class AlexNet2012(_Net):
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
@@ -38,11 +66,8 @@ class AlexNet2012(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = _classifier(256 * 6 * 6, 4096, num_classes, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
-
-class AlexNetSmall(nn.Module):
+class AlexNetSmall(_Net):
     def __init__(self, num_classes: int = 10, width: int = 64, dropout: float = 0.5):
         super().__init__()
         c1, c2, c3, c4 = width, 3 * width, 6 * width, 4 * width
@@ -58,13 +83,12 @@ class AlexNetSmall(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
         self.classifier = _classifier(c4 * 2 * 2, 16 * width, num_classes, dropout)
-        for m in self.modules():  # He init: trains from scratch in a few epochs, where torch's default stalls
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+        # He init: trains from scratch in a few epochs, where torch's default stalls. Not on the meta device, where
+        # build_model waits for a state dict: there it initializes nothing, and imports torch._dynamo.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.is_meta:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 def _classifier(features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -94,9 +118,25 @@ def build_model(arch: str, num_classes: int, state_dict: dict | None = None, **k
     return model
 
 
+_ahead: dict[str, Future] = {}
+
+
+def load_model_ahead(checkpoint: str) -> None:
+    """Start loading `checkpoint` in a thread, for the next load_model of it to take. Reading, hashing and copying
+    the weights mostly leave the GIL free, so the load goes on beside the work that holds it, such as imports."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="load-model-ahead")
+    _ahead[checkpoint] = pool.submit(_load_model, checkpoint)
+    pool.shutdown(wait=False)
+
+
 def load_model(checkpoint: str) -> tuple[nn.Module, Manifest, Projection | None]:
     """The network a checkpoint holds, in eval mode on the CPU, its manifest and its embedding projection (None
-    without one); CheckpointError says why not."""
+    without one); CheckpointError says why not. Waits for a load load_model_ahead started, if one did."""
+    future = _ahead.pop(checkpoint, None)
+    return future.result() if future else _load_model(checkpoint)
+
+
+def _load_model(checkpoint: str) -> tuple[nn.Module, Manifest, Projection | None]:
     state_dict, manifest = load_checkpoint(checkpoint)
     try:
         weights, projection = split_projection(state_dict)
