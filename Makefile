@@ -34,7 +34,7 @@ test: install browser  ## lint, then the whole suite
 	$(BIN)/python -m pytest
 
 .PHONY: browser bench bench-query bench-parquet bench-review bench-embeddings bench-slices bench-audit bench-curation \
-	bench-train bench-gpu label-studio test-integration
+	bench-startup bench-train bench-gpu label-studio test-integration
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 LS_VENV := .venv-label-studio
@@ -60,11 +60,14 @@ browser:  ## Debian's chromium, which the report test renders pages in (once; ne
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-bench: install bench-query bench-parquet bench-review bench-embeddings bench-slices bench-audit bench-curation  ## bench-query to bench-curation below, then labeling speed beside the references, scaling, memory, bf16 vs fp32
+bench: install bench-query bench-parquet bench-review bench-embeddings bench-slices bench-audit bench-curation  ## bench-query to bench-curation below, then labeling speed beside the references, start-up, scaling, memory, bf16 vs fp32
 	$(BIN)/python benchmarks/bench_label.py --images $(or $(IMAGES),2000) --workdir bench-out \
 		--scaling $(or $(SCALING),1000 10000) $(BENCH_ARGS)
 	test -f alexlabel-demo/model/model.pt || $(BIN)/alexlabel demo
 	$(BIN)/python benchmarks/bench_precision.py alexlabel-demo/model/model.pt alexlabel-demo/data
+
+bench-startup: install  ## the fixed start of `alexlabel label`: 10 images beside 1,000, five rounds (target: 3 s)
+	$(BIN)/python benchmarks/bench_label.py --startup-only --images 1000 --rounds 5 --workdir bench-out $(BENCH_ARGS)
 
 bench-query: install  ## time query --summary and --review 100 over 1 million label rows (target: 2 s each)
 	$(BIN)/python benchmarks/query_bench.py
@@ -91,7 +94,8 @@ bench-curation: install  ## the audit's quality on ground truth it builds: near-
 bench-gpu: install  ## on a GPU: decode + infer beside infer alone, end to end with and without --gpu-decode
 	$(BIN)/python benchmarks/bench_gpu.py --images $(or $(IMAGES),5000) --workdir bench-out $(BENCH_ARGS)
 
-bench-train: install  ## training images/s, synthetic vs JPEG loading, eager vs compiled (meant for a GPU)
+bench-train: install  ## training loader images/s, loose files vs shards, local disk vs GCS emulator + 20 ms (LOADER_ARGS="--rounds 1"); then alexnet training images/s, synthetic vs JPEG, eager vs compiled (those rows on a GPU only)
+	$(BIN)/python benchmarks/bench_loader.py --workdir bench-out $(LOADER_ARGS)
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)
 
 lint: install  ## ruff check, without the tests

@@ -7,7 +7,7 @@ Each mode is fed two ways, so what data loading costs shows beside what compute 
 If the jpeg rows run far below the synthetic ones, the decode workers are the bottleneck, not the GPU.
 Prints a table, then the figures as one JSON line (--json FILE also writes them).
 
-    python benchmarks/bench_train.py                         # GPU: 2000 JPEGs, made if missing
+    python benchmarks/bench_train.py                         # GPU: 2000 JPEGs, made if missing; no GPU: loader row
     python benchmarks/bench_train.py --device cpu --steps 2 --warmup 1 --batch-size 16 --count 64  # smoke run
 """
 import argparse
@@ -87,7 +87,8 @@ def sync(device: torch.device) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"],
+                   help="default: the GPU; without one, the loader row alone (alexnet on CPUs takes very long)")
     p.add_argument("--steps", type=int, default=50, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--batch-size", type=int, default=256)
@@ -99,13 +100,16 @@ def main() -> None:
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
 
-    device = pick_device(args.device)
+    device = pick_device(args.device or "auto")
+    cpu_only = args.device is None and device.type == "cpu"
+    if cpu_only:
+        print("no GPU: the model rows are skipped (alexnet training on CPUs takes very long; --device cpu runs them)")
     pre = Preprocess(resize=round(args.image_size * 256 / 224), crop=args.image_size)
     files = ensure_images(args.images, args.count)
     run = dict(steps=args.steps, warmup=args.warmup, device=device)
     rows = [{"feed": "jpeg loader alone", "compile": None,
              **measure(jpeg_batches(files, pre, args.batch_size, args.workers), lambda x, y: None, **run)}]
-    for compile_model in [False] + ([] if args.no_compile else [True]):
+    for compile_model in [] if cpu_only else [False] + ([] if args.no_compile else [True]):
         step = make_step(device, pre, compile_model)
         rows.append({"feed": "synthetic", "compile": compile_model,
                      **measure(synthetic_batches(args.batch_size, args.image_size, device), step, **run)})
