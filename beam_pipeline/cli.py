@@ -79,8 +79,10 @@ def label_command(inputs, input_lists, extensions, beam_args, **kw):
     bound_heap()  # before Beam and torch start threads: glibc never retires an arena once made
     opts = LabelOptions(inputs=list(inputs), input_lists=list(input_lists), beam_args=list(beam_args),
                         extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()), **kw).validate()
-    opts.checkpoint = resolve_checkpoint(opts.checkpoint)
+    from schemas.checkpoint import announced_checkpoint_file
     from trainer.models import load_model_ahead
+
+    opts.checkpoint = announced_checkpoint_file(opts.checkpoint)
 
     load_model_ahead(opts.checkpoint)  # for the launcher's check, while Beam imports
     from beam_pipeline.launch import dry_run, launch_streaming, run
@@ -100,15 +102,6 @@ def label_command(inputs, input_lists, extensions, beam_args, **kw):
         echo_run(run(opts))
 
 
-def resolve_checkpoint(url: str) -> str:
-    """The file --checkpoint names; a folder's model.pt is named on stderr. trainer.cli has the same for `evaluate`,
-    but importing it imports torchvision (with torch._dynamo), which labeling never needs."""
-    from schemas.checkpoint import checkpoint_file
-
-    path = checkpoint_file(url)
-    if path != url:
-        click.echo(f"using {path}", err=True)
-    return path
 
 
 def watch_until_ctrl_c(opts: LabelOptions) -> None:

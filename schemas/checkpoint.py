@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import pickle
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -139,6 +140,15 @@ def checkpoint_file(url: str) -> str:
         raise CheckpointError(f"checkpoint {url} is a folder with no model.pt in it; pass the model.pt that "
                               "`alexlabel train` or `alexlabel import-weights` wrote")
     return inside
+
+
+def announced_checkpoint_file(url: str) -> str:
+    """checkpoint_file, for the commands (`label`, `evaluate`): a folder's model.pt is named on stderr. Said by them
+    alone, not where checkpoints load, which is also in workers, subprocesses and tools."""
+    path = checkpoint_file(url)
+    if path != url:
+        print(f"using {path}", file=sys.stderr, flush=True)
+    return path
 
 
 def load_checkpoint(url: str) -> tuple[dict[str, torch.Tensor], Manifest]:

@@ -76,7 +76,7 @@ def shard_name(i: int) -> str:
 
 def is_shard_set(url: str) -> bool:
     """Whether `url` names shards: a folder with an index, or a pattern or file of .tar shards."""
-    if url.rstrip("/").endswith(".tar") or any(c in url for c in "*?[{"):
+    if _is_pattern(url.rstrip("/")):
         return True
     fs, path = fsspec.core.url_to_fs(url)
     return fs.exists(f"{path.rstrip('/')}/{INDEX}")
@@ -89,7 +89,7 @@ def open_shard_set(spec: str) -> ShardSet:
     index gives their counts and classes.
     """
     spec = spec.rstrip("/")
-    if not spec.endswith(".tar") and not any(c in spec for c in "*?[{"):
+    if not _is_pattern(spec):
         return _read_index(spec)
     folder, pattern = posixpath.split(spec)
     if any(c in folder for c in "*?[{"):
@@ -101,6 +101,11 @@ def open_shard_set(spec: str) -> ShardSet:
         raise ShardError(f"shard pattern {spec} matches none of the {len(found.shards)} shards in {folder}/{INDEX}; "
                          "check the pattern (e.g. shard-*.tar)")
     return ShardSet(found.classes, shards)
+
+
+def _is_pattern(spec: str) -> bool:
+    """A shard file or a pattern of them, as opposed to a set's folder."""
+    return spec.endswith(".tar") or any(c in spec for c in "*?[{")
 
 
 def _read_index(folder: str) -> ShardSet:

@@ -10,7 +10,7 @@ from common.devices import DEVICE_HELP, DEVICE_WORDS, pick_device
 from common.errors import UserError
 from common.interrupt import exits_130
 from common.storage import atomic_write_bytes, check_output_file
-from schemas.checkpoint import checkpoint_file
+from schemas.checkpoint import announced_checkpoint_file
 from schemas.shards import SHARD_BYTES, ShardSet, check_destination, summary, write_shards
 from schemas.transform import TenCrop
 from trainer import distributed
@@ -122,15 +122,6 @@ def train_command(width, dropout, nproc, **kw):
                f"model_version {manifest.model_version}")
 
 
-def resolve_checkpoint(url: str) -> str:
-    """The file a --checkpoint names, for `label` and `evaluate`; a folder's model.pt is named on stderr. Said
-    here, not where checkpoints load, which is also in workers, subprocesses and tools."""
-    path = checkpoint_file(url)
-    if path != url:
-        click.echo(f"using {path}", err=True)
-    return path
-
-
 @click.command("import-weights")
 @click.argument("state_dict")
 @click.option("--arch", type=click.Choice(sorted(ARCHS)), default="alexnet", show_default=True,
@@ -177,7 +168,7 @@ def evaluate_command(checkpoint, data, json_out, device, batch_size, workers, te
     if json_out:
         check_output_file(json_out, "--json")
     torch_device = pick_device(device)
-    module, manifest, _ = load_model(resolve_checkpoint(checkpoint))
+    module, manifest, _ = load_model(announced_checkpoint_file(checkpoint))
     module = module.to(torch_device, memory_format=torch.channels_last)
     _, images = image_set(data, manifest.class_names, "the model")
     if not isinstance(images, ShardSet) and (differences := class_differences(class_folders(data),
