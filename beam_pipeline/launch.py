@@ -1,11 +1,11 @@
 """The launcher: checks a job before it starts, runs it, and accounts for every input afterwards.
 
 While a local run goes, progress.py shows how far it is. After a batch run it reads back the Parquet row counts,
-checks matched == labeled + errors + skipped, and writes the one-row runs table. `watch` repeats batch runs for
-local streaming; `launch_streaming` submits the unbounded job to Dataflow.
+checks matched == labeled + errors + skipped, and writes the run's runs row (a job in slices: each slice's, then
+the job's own). `watch` repeats batch runs for local streaming; `launch_streaming` submits the unbounded job to
+Dataflow.
 """
 import contextlib
-import os
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from beam_pipeline.progress import Progress
 from beam_pipeline.read import check_uri_list, count_matches, listed_uris, matched_uris
 from beam_pipeline.rows import run_row
 from beam_pipeline.write import check_writable, count_rows, make_table_folders, run_files, tidy_temp, write_run_row
+from common.devices import usable_cores
 from common.errors import UserError
 from common.interrupt import Interrupted, ctrl_c_sets
 from schemas.checkpoint import Manifest, checkpoint_file
@@ -128,7 +129,7 @@ def watch(opts: LabelOptions, rounds: int | None = None, on_round=None) -> list[
 
 def run(opts: LabelOptions) -> dict:
     """Label everything `opts.inputs` and `opts.input_lists` name; returns the runs row (also written under
-    OUT/runs/), or for a run in slices one row of the whole job's sums (each slice wrote its own).
+    OUT/runs/), for a run in slices the job's own row (see run_in_slices).
 
     A local run of more inputs than --commit-every labels them in consecutive slices, each a whole run of its
     own (its files committed, its accounting checked, its runs row written, run id <job>-0001, -0002, ...), so a
@@ -143,22 +144,46 @@ def run(opts: LabelOptions) -> dict:
     size = opts.commit_every or default_slice()
     if uris is None or len(uris) <= size:  # one run, as ever: the pipeline matches the inputs itself
         return run_slice(opts, total=len(uris or ()))
+    return run_in_slices(opts, uris, size)
+
+
+def run_in_slices(opts: LabelOptions, uris: list[str], size: int) -> dict:
+    """Label `uris` in slices of `size`; returns the job's runs row, written after the slices' own.
+
+    Each slice's row names the job (job_id); the job's row, with the slices' sums over its own wall time, is
+    written only once every slice finished and the job's accounting holds, so the runs table says which rows make
+    up a whole job and a reader counts each input once (schemas/tables.py, RUNS). A killed job leaves only its
+    finished slices' rows.
+    """
     rows, started, t0 = [], datetime.now(UTC), time.perf_counter()
     manifest = check(opts, keep=True)  # once: every slice's workers take this model, none loads its own
     try:
         with Progress(total=len(uris)):
             for k, start in enumerate(range(0, len(uris), size), 1):
                 part = replace(opts, run_id=f"{opts.run_id}-{k:04d}")
-                rows.append(run_slice(part, uris[start:start + size], progress=False, manifest=manifest))
+                rows.append(run_slice(part, uris[start:start + size], progress=False, manifest=manifest,
+                                      job_id=opts.run_id))
     except Interrupted as e:
         raise Interrupted(stopped_line(opts, sum(finished(r) for r in rows) + e.done, len(uris))) from None
     finally:
         drop_kept()
     counts = {key: sum(r[key] for r in rows) for key in ("matched", "labeled", "errored", "skipped")}
+    check_accounting(opts.run_id, counts, "its slices' runs rows")
     if counts["matched"] != len(uris):
         raise AccountingError(f"run {opts.run_id}: its slices matched {counts['matched']} of {len(uris)} inputs; "
                               "report this as a bug with the runs rows")
-    return run_row(opts, rows[0]["model_version"], counts, started, time.perf_counter() - t0)
+    row = run_row(opts, manifest.model_version, counts, started, time.perf_counter() - t0)
+    with disk_full_is_a_user_error(opts):
+        write_run_row(opts.output, row)
+    return row
+
+
+def check_accounting(run_id: str, counts: dict, evidence: str = "the runs row") -> None:
+    """matched == labeled + errors + skipped, for a run or a whole job; else AccountingError naming `evidence`."""
+    if counts["matched"] != finished(counts):
+        raise AccountingError(f"run {run_id}: matched {counts['matched']} != labeled {counts['labeled']} + "
+                              f"errors {counts['errored']} + skipped {counts['skipped']}; report this as a bug with "
+                              f"{evidence}")
 
 
 def job_uris(opts: LabelOptions) -> list[str] | None:
@@ -178,7 +203,7 @@ def job_uris(opts: LabelOptions) -> list[str] | None:
 
 def default_slice() -> int:
     """About SLICE_SECONDS of labeling on this machine, at IMAGES_PER_CORE_SECOND."""
-    return SLICE_SECONDS * IMAGES_PER_CORE_SECOND * (os.cpu_count() or 1)
+    return SLICE_SECONDS * IMAGES_PER_CORE_SECOND * usable_cores()
 
 
 def finished(counts: dict) -> int:
@@ -191,10 +216,11 @@ def stopped_line(opts: LabelOptions, done: int, matched: int) -> str:
 
 
 def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool = True,
-              manifest: Manifest | None = None, total: int = 0) -> dict:
-    """One run: everything the inputs match, or the `uris` given (a slice the launcher matched, whose `manifest` it
-    checked and whose model it keeps); returns its runs row (also written under OUT/runs/). `total`: how many inputs
-    the launcher matched (so they need no second check, and the bar knows its end), 0 where it did not match them.
+              manifest: Manifest | None = None, total: int = 0, job_id: str | None = None) -> dict:
+    """One run: everything the inputs match, or the `uris` given (a slice of job `job_id` the launcher matched,
+    whose `manifest` it checked and whose model it keeps); returns its runs row (also written under OUT/runs/).
+    `total`: how many inputs the launcher matched (so they need no second check, and the bar knows its end), 0 where
+    it did not match them.
 
     Ctrl-C stops a local run early: what its workers finished is committed, no runs row is written, and
     Interrupted says how many inputs are done. The first Ctrl-C sets STOPPING: the workers let no new input
@@ -228,13 +254,10 @@ def run_slice(opts: LabelOptions, uris: list[str] | None = None, progress: bool 
             stop = Interrupted(stopped_line(opts, finished(counts), counts["matched"]))
             stop.done = finished(counts)
             raise stop
-    row = run_row(opts, manifest.model_version, counts, started, wall)
+    row = run_row(opts, manifest.model_version, counts, started, wall, job_id)
     with disk_full_is_a_user_error(opts):
-        write_run_row(opts.output, row)
-    if counts["matched"] != counts["labeled"] + counts["errored"] + counts["skipped"]:
-        raise AccountingError(f"run {opts.run_id}: matched {counts['matched']} != labeled {counts['labeled']} + "
-                              f"errors {counts['errored']} + skipped {counts['skipped']}; report this as a bug with "
-                              "the runs row")
+        write_run_row(opts.output, row)  # before the check: the row is what a bug report needs
+    check_accounting(opts.run_id, counts)
     for table in written_vector_tables(opts):
         if (n := count_rows(run_files(opts.output, table, manifest.model_version, opts.run_id))) != counts["labeled"]:
             raise AccountingError(f"run {opts.run_id}: {n} {table} rows for {counts['labeled']} labeled images; "

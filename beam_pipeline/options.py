@@ -1,11 +1,10 @@
 """What a labeling run is asked to do, validated before anything is read or written, and the Beam
 pipeline options it maps to (DirectRunner locally; DataflowRunner with GPU workers at scale)."""
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common.devices import device_name, pick_device
+from common.devices import device_name, pick_device, usable_cores
 from common.errors import UserError
 from common.ids import new_id
 from common.storage import IMAGE_EXTENSIONS, canonical_uri
@@ -84,7 +83,7 @@ class LabelOptions:
                              f"{self.commit_every}")
         if self.workers < 0:
             raise UsageError(f"--workers must be at least 1 (or 0: one per core), got {self.workers}")
-        self.workers = self.workers or os.cpu_count() or 1
+        self.workers = self.workers or usable_cores()
         low, high = self.batch_sizes()
         if not 1 <= low <= high:
             raise UsageError(f"batch sizes need 1 <= min <= max, got min={low} max={high}")
@@ -195,7 +194,7 @@ class LabelOptions:
 
     def torch_threads(self) -> int:
         """workers x torch threads = cores, so the machine is busy without oversubscription."""
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         return max(1, cores // (self.workers or cores)) if self.runner == "DirectRunner" else 0
 
     def to_json(self) -> str:

@@ -5,7 +5,8 @@ schema in schemas/tables.py and this module only.
     embeddings     vector_row(image, "embedding", ...)        its embedding (label --embeddings)
     probabilities  vector_row(image, "probabilities", ...)    its whole softmax (label --probabilities)
     errors         error_row(image, failure, ...)             a file that failed to read, decode or go through the model
-    runs           run_row(opts, ...)                         one per run, from the launcher's accounting
+    runs           run_row(opts, ...)                         one per run (a slice, a sliced job), from the
+                                                              launcher's accounting
 
 Each row carries the model version of the model that handled it, which changes mid-job when a streaming
 job swaps one in (--watch-model). Error messages are redacted here, as URIs are once PrepareImage has read
@@ -88,11 +89,12 @@ def error_row(image: ImageFile, failure: Failure, model_version: str, run_id: st
 
 
 def run_row(opts: LabelOptions, model_version: str, counts: dict[str, int], started: datetime,
-            wall_seconds: float) -> dict:
-    """`counts`: matched, labeled, errored, skipped. The checkpoint, the patterns and the options are redacted: a
-    signed URL among them carries a credential."""
+            wall_seconds: float, job_id: str | None = None) -> dict:
+    """`counts`: matched, labeled, errored, skipped; `job_id`: on a slice's row, its job's run id (None on a whole
+    run's: see RUNS). The checkpoint, the patterns and the options are redacted: a signed URL among them carries a
+    credential."""
     return {"run_id": opts.run_id, "model_version": model_version, "checkpoint": redact(opts.checkpoint),
             "inputs": [redact(p) for p in opts.inputs], "output": opts.output, "runner": opts.runner, **counts,
             "wall_seconds": wall_seconds,
             "images_per_second": (counts["labeled"] + counts["errored"]) / wall_seconds, "started_at": started,
-            "finished_at": datetime.now(UTC), "options_json": redact(opts.to_json())}
+            "finished_at": datetime.now(UTC), "options_json": redact(opts.to_json()), "job_id": job_id}

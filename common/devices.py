@@ -1,4 +1,7 @@
-"""One vocabulary for where a model runs, shared by `train`, `evaluate` and `label`: auto, cpu or cuda."""
+"""One vocabulary for where a model runs, shared by `train`, `evaluate` and `label`: auto, cpu or cuda; and how
+many CPU cores this process may use."""
+import os
+
 from common.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -13,6 +16,12 @@ def device_name(name: str) -> str:
     if name not in DEVICES:
         raise UserError(f"unknown --device {name!r}; use auto, cpu or cuda (gpu also means cuda)")
     return name
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset), which os.cpu_count()
+    ignores. More torch threads than cores make them spin-wait on each other (a batch stack 100x slower)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pick_device(name: str):

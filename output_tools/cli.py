@@ -11,9 +11,9 @@ SHARD_MB = 256  # schemas.shards.SHARD_BYTES in MB: that module imports torch (w
 
 @click.command("query")
 @click.argument("output")
-@click.option("--sql", help="Any DuckDB SQL over the views labels, errors, runs, reviews, embeddings, probabilities, "
-                             "issues, latest, latest_errors, analyzed, failed, reviewed, vectors, latest_audits and "
-                             "latest_issues.")
+@click.option("--sql", help="Any DuckDB SQL over the views labels, errors, runs, jobs (runs less the slices of "
+                             "jobs that wrote their own row), reviews, embeddings, probabilities, issues, latest, "
+                             "latest_errors, analyzed, failed, reviewed, vectors, latest_audits and latest_issues.")
 @click.option("--summary", is_flag=True,
               help="Runs, accept/review split and confidence quantiles, rows per label, failed files by type "
                    "(the default when nothing else is asked).")

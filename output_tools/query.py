@@ -1,5 +1,5 @@
 """SQL over an output folder or bucket, and the built-in analyses the `query` and `report` commands share, over
-the views of schemas/views.py (labels, errors, runs, reviews, latest, analyzed, failed, reviewed).
+the views of schemas/views.py (labels, errors, runs, jobs, reviews, latest, analyzed, failed, reviewed).
 """
 import csv
 import io
@@ -52,9 +52,11 @@ SUMMARY_STATS = """CREATE OR REPLACE TEMP TABLE label_stats AS
            quantile_cont(confidence, [0.1, 0.25, 0.5, 0.75, 0.9])::DOUBLE[] AS q
     FROM analyzed GROUP BY GROUPING SETS ((model_version, label), (model_version))"""
 SUMMARY_QUERIES = {
-    "runs": """SELECT run_id, model_version, matched, labeled, errored, skipped,
-                      round(wall_seconds, 1) AS seconds, round(images_per_second, 1) AS images_per_s
-               FROM runs ORDER BY started_at, run_id""",
+    # jobs, not runs: a job in slices is its own row (with how many slices), not that row and its slices again
+    "runs": """SELECT run_id, model_version, slices, matched, labeled, errored, skipped,
+                      round(wall_seconds, 1) AS seconds, round(images_per_second, 1) AS images_per_s,
+                      job_id AS unfinished_job
+               FROM jobs ORDER BY started_at, run_id""",
     "confidence": """SELECT model_version, images, accepted, review, round(accepted / images, 4) AS accept_rate,
                             round(lo, 3) AS min, round(q[1], 3) AS p10, round(q[2], 3) AS p25,
                             round(q[3], 3) AS median, round(q[4], 3) AS p75, round(q[5], 3) AS p90,

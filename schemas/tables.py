@@ -37,6 +37,13 @@ ERRORS = pa.schema([
     pa.field("at", UTC_TS, nullable=False),
 ])
 
+# One row per run. A local job of more inputs than --commit-every runs in slices (run ids <job>-0001, -0002, ...),
+# each a whole run with its own row, whose job_id is the job's run_id. Once every slice finished and the job's
+# accounting held (matched == labeled + errored + skipped, and every input it matched in some slice), the job writes
+# one more row: its own run_id, the slices' summed counts, its own wall time, start and finish, job_id null. A plain
+# run's row has job_id null too. So a sliced job is counted twice in the table, once in its slices and once whole:
+# to count each input once, read the view `jobs` (schemas/views.py), the rows with job_id null plus the slices of a
+# job that never wrote its row (killed or failed partway: the finished slices' rows are all it leaves).
 RUNS = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("model_version", pa.string(), nullable=False),
@@ -53,6 +60,7 @@ RUNS = pa.schema([
     pa.field("started_at", UTC_TS, nullable=False),
     pa.field("finished_at", UTC_TS, nullable=False),
     pa.field("options_json", pa.string(), nullable=False),
+    pa.field("job_id", pa.string()),  # a slice's job; null on a whole run (a plain run, a sliced job's own row)
 ])
 
 # One row per human decision (`alexlabel review`, `import-reviews`), append-only. `action`: confirm (the model's
@@ -104,6 +112,10 @@ ISSUES = pa.schema([
     pa.field("audit_id", pa.string(), nullable=False),
     pa.field("audited_at", UTC_TS, nullable=False),
 ])
+
+# Columns a table gained after outputs had been written without them, last in its schema: readers take them as
+# null from older files (schemas/views.py), so an output written before them still reads.
+ADDED_COLUMNS = {"runs": ["job_id"]}
 
 TABLES = {"labels": LABELS, "errors": ERRORS, "runs": RUNS, "reviews": REVIEWS, "embeddings": EMBEDDINGS,
           "probabilities": PROBABILITIES, "issues": ISSUES}

@@ -2,6 +2,9 @@
 
     labels, errors, runs,  every row (with a model version given, only that version's partition)
     reviews
+    jobs                   the runs rows that count each input once: whole runs (job_id null: a plain run, a
+                           sliced job's own row) and the slices of a job that wrote no row of its own (killed),
+                           with `slices`, how many slice rows a job's row sums
     latest                 the latest row per (uri, model_version): greatest labeled_at, ties to the greater run_id
     latest_errors          the same rule over errors (greatest `at`), less the files labeled after they failed
     analyzed, failed       what the analyses read: `latest` and `latest_errors`, or `labels` and `errors`
@@ -29,7 +32,7 @@ import pyarrow as pa
 
 from common.errors import UserError
 from common.storage import glob_urls, is_local
-from schemas.tables import TABLES
+from schemas.tables import ADDED_COLUMNS, TABLES
 
 # The latest human decision per (uri, model_version). Within a review session the last row is its verdict (an
 # undo row withdraws the one before it), so undone decisions drop out and an earlier session's verdict stands.
@@ -44,6 +47,13 @@ LATEST = """SELECT * FROM labels
 VECTORS = """SELECT a.*, e.embedding, p.probabilities
              FROM analyzed a JOIN embeddings e USING (uri, model_version, run_id)
                              LEFT JOIN probabilities p USING (uri, model_version, run_id)"""
+# A sliced job has its slices' rows and its own (RUNS in schemas/tables.py): the slices go where their job's row is
+# there, so each input is counted once, and stay where it is not (a killed job left only them).
+JOBS = """SELECT *, (SELECT count(*) FROM runs s WHERE s.job_id = r.run_id AND s.model_version = r.model_version)
+                   AS slices
+          FROM runs r
+          WHERE job_id IS NULL OR NOT EXISTS (SELECT 1 FROM runs j WHERE j.run_id = r.job_id
+                                                                   AND j.model_version = r.model_version)"""
 LATEST_ISSUES = "SELECT * FROM issues SEMI JOIN latest_audits USING (model_version, audit_id)"
 LATEST_ERRORS = """SELECT * FROM errors e
                    WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.uri = e.uri AND l.model_version = e.model_version
@@ -73,9 +83,10 @@ def connect(output: str, model: str | None = None, all_rows: bool = False) -> du
         files = glob_urls(f"{output}/{table}/model={model}/*.parquet" if model else f"{output}/{table}/*/*.parquet")
         if files:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{', '.join(map(literal, files))}], "
-                        "hive_partitioning=false, union_by_name=true)")
+                        f"hive_partitioning=false, union_by_name=true){added_columns(con, table)}")
         else:
             con.register(table, duckdb_empty(schema))
+    con.execute(f"CREATE VIEW jobs AS {JOBS}")
     con.execute(f"CREATE VIEW latest AS {LATEST}")
     con.execute(f"CREATE VIEW reviewed AS {REVIEWED}")
     con.execute(f"CREATE VIEW latest_errors AS {LATEST_ERRORS}")
@@ -85,6 +96,17 @@ def connect(output: str, model: str | None = None, all_rows: bool = False) -> du
     con.register("latest_audits", latest_audits(glob_urls(f"{output}/issues/model={model or '*'}/*.parquet")))
     con.execute(f"CREATE VIEW latest_issues AS {LATEST_ISSUES}")
     return con
+
+
+def added_columns(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """SQL to append to a scan of `table`'s files: its ADDED_COLUMNS as typed nulls where the files predate them
+    (UNION ALL BY NAME with no rows), so the view has them whatever the files' age; "" for a table without any.
+    Only tables that gained columns pay for it."""
+    if not (names := ADDED_COLUMNS.get(table)):
+        return ""
+    empty = con.from_arrow(duckdb_empty(pa.schema([TABLES[table].field(n) for n in names])))
+    nulls = ", ".join(f"NULL::{t} AS {n}" for n, t in zip(empty.columns, empty.types, strict=True))
+    return f" UNION ALL BY NAME SELECT {nulls} WHERE false"
 
 
 def latest_audits(files: list[str]) -> pa.Table:
@@ -149,7 +171,7 @@ def one_version(con: duckdb.DuckDBPyConnection, output: str) -> str | None:
 
 def latest_checkpoint(con: duckdb.DuckDBPyConnection, model_version: str) -> str | None:
     """The checkpoint the latest run of a model version labeled with (where its whole class list is)."""
-    row = con.execute("SELECT checkpoint FROM runs WHERE model_version = $1 ORDER BY started_at DESC LIMIT 1",
+    row = con.execute("SELECT checkpoint FROM jobs WHERE model_version = $1 ORDER BY started_at DESC LIMIT 1",
                       [model_version]).fetchone()
     return row[0] if row else None
 

@@ -1,5 +1,6 @@
 """Real output folders in milliseconds: rows with the schemas of schemas/tables.py, written as Parquet in the
 pipeline's layout (OUT/<table>/model=<version>/<run_id>-00000-of-00001.parquet, runs/.../<run_id>.parquet)."""
+import glob
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -55,6 +56,12 @@ def write_output(out: str, labels: list[dict], errors: list[dict] = (), embeddin
             "wall_seconds": 2.0, "images_per_second": 5.0, "started_at": T0, "finished_at": T0,
             "options_json": "{}"}], "runs")
     return out
+
+
+def drop_column(out: str, table: str, column: str, run: str = "*") -> None:
+    """Rewrite a local output's `table` files of `run` without `column`: an output written before it was added."""
+    for path in glob.glob(f"{out}/{table}/*/{run}.parquet") + glob.glob(f"{out}/{table}/*/{run}-*.parquet"):
+        pq.write_table(pq.read_table(path, partitioning=None).drop_columns([column]), path)
 
 
 def group(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:

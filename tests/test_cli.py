@@ -239,6 +239,20 @@ def test_batches_are_fixed_in_size_unless_a_smaller_minimum_is_asked_for():
     assert sizes(max_batch_size=16) == (16, 16) and sizes(min_batch_size=8) == (8, 64)
 
 
+def test_workers_and_torch_threads_follow_the_cores_this_process_may_use():
+    """Under taskset or a container's cpuset, os.cpu_count() still counts the machine's cores: threads beyond
+    those granted spin-wait on each other."""
+    granted = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(granted)})
+        opts = LabelOptions(inputs=["x"], checkpoint="m.pt", output="o").validate()
+        assert (opts.workers, opts.torch_threads()) == (1, 1)
+    finally:
+        os.sched_setaffinity(0, granted)
+    opts = LabelOptions(inputs=["x"], checkpoint="m.pt", output="o").validate()
+    assert opts.workers * opts.torch_threads() == len(granted)
+
+
 DATAFLOW = ["--runner", "DataflowRunner", "--project", "p", "--region", "r", "--temp-location", "gs://b/tmp"]
 
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from commands import invoke
 from commands import one_line_error as error_line
-from outputs import T0, error, label, write_output
+from outputs import T0, drop_column, error, label, write_output
 
 
 def ok(*args) -> str:
@@ -84,6 +84,17 @@ def test_summary_counts_the_latest_row_per_uri_and_model(out):
         ("m1", "OSError", 1), ("m1", "UnidentifiedImageError", 1)]
     every = as_json("query", out, "--summary", "--all-rows", "--model", "m1")
     assert [(r["label"], r["images"]) for r in every["labels"]] == [("cat", 3), ("dog", 2)]
+
+
+@pytest.mark.parametrize("old", ["*", "r1"])
+def test_runs_files_from_before_job_id_still_read(tmp_path, old):
+    """Runs files that predate the job_id column: every one (*), or one beside a newer file (r1)."""
+    out = write_output(str(tmp_path / "out"), [label("/x/a.jpg", "cat", 0.9), label("/x/b.jpg", "dog", 0.9, run="r2")])
+    drop_column(out, "runs", "job_id", old)
+    runs = as_json("query", out, "--summary")["runs"]
+    assert [(r["run_id"], r["slices"], r["unfinished_job"]) for r in runs] == [("r1", 0, None), ("r2", 0, None)]
+    assert as_json("query", out, "--sql", "SELECT run_id, job_id FROM runs ORDER BY 1") == [
+        {"run_id": "r1", "job_id": None}, {"run_id": "r2", "job_id": None}]
 
 
 def test_latest_row_ties_go_to_the_greater_run_id(tmp_path):

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 from click.testing import CliRunner
 from commands import invoke, one_line_error
-from outputs import error, label, write_images, write_output
+from outputs import drop_column, error, label, write_images, write_output
 from PIL import Image, ImageStat
 
 from alexlabel.cli import main
@@ -118,6 +118,13 @@ def test_errors_count_failed_files_unless_all_rows(tmp_path):
     assert "Errors: 2 files (latest row per uri and model version), showing 2" in (tmp_path / "r.html").read_text()
     assert "4 errors" in invoke("report", out, "--html", tmp_path / "all.html", "--review", 0, "--all-rows").output
     assert "Errors: 4 rows (every error row), showing 4" in (tmp_path / "all.html").read_text()
+
+
+def test_an_output_whose_runs_files_predate_job_id_still_reports(tmp_path):
+    out = write_output(str(tmp_path / "out"), [label("/x/a.jpg", "cat", 0.9)])
+    drop_column(out, "runs", "job_id")
+    assert invoke("report", out, "--html", tmp_path / "r.html", "--review", 0).exit_code == 0
+    assert ">r1<" in (tmp_path / "r.html").read_text().split("<h2>Runs</h2>")[1]
 
 
 def test_html_path_that_is_a_directory_is_refused_before_any_work(tmp_path):

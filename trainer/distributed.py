@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from common.devices import pick_device
+from common.devices import pick_device, usable_cores
 from common.errors import UserError
 from common.interrupt import ctrl_c_sets
 
@@ -57,7 +57,7 @@ def join(device_name: str) -> tuple[World, torch.device]:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+        torch.set_num_threads(max(1, usable_cores() // world.local_size))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
     return world, device
 
