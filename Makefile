@@ -60,14 +60,17 @@ browser:  ## Debian's chromium, which the report test renders pages in (once; ne
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-bench: install bench-query bench-parquet bench-review bench-embeddings bench-slices bench-audit bench-curation  ## bench-query to bench-curation below, then labeling speed beside the references, start-up, scaling, memory, bf16 vs fp32
-	$(BIN)/python benchmarks/bench_label.py --images $(or $(IMAGES),2000) --workdir bench-out \
+bench: install bench-query bench-parquet bench-review bench-embeddings bench-slices bench-audit bench-curation bench-feed  ## bench-query to bench-feed below, then labeling speed as whole processes beside the references and the bound, start-up, scaling, memory, bf16 vs fp32
+	$(BIN)/python benchmarks/bench_label.py --images $(or $(IMAGES),2500) --workdir bench-out \
 		--scaling $(or $(SCALING),1000 10000) $(BENCH_ARGS)
 	test -f alexlabel-demo/model/model.pt || $(BIN)/alexlabel demo
 	$(BIN)/python benchmarks/bench_precision.py alexlabel-demo/model/model.pt alexlabel-demo/data
 
 bench-startup: install  ## the fixed start of `alexlabel label`: 10 images beside 1,000, five rounds (target: 3 s)
 	$(BIN)/python benchmarks/bench_label.py --startup-only --images 1000 --rounds 5 --workdir bench-out $(BENCH_ARGS)
+
+bench-feed: install  ## the GPU feed ceiling without a GPU: the real job with a free model, CPU decode and --gpu-decode, images/s per core
+	$(BIN)/python benchmarks/bench_feed.py --workdir bench-out $(FEED_ARGS)
 
 bench-query: install  ## time query --summary and --review 100 over 1 million label rows (target: 2 s each)
 	$(BIN)/python benchmarks/query_bench.py

@@ -86,25 +86,26 @@ def drop_kept() -> None:
     _kept.clear()
 
 
-def to_batch(images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """CHW uint8 images -> one channels_last NCHW batch on `device`.
+def to_batch(images: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """CHW uint8 images -> one channels_last NCHW batch of `dtype` on `device`.
 
-    Stacked as HWC views, the batch lands in channels_last memory with one copy instead of two; from the
-    CPU to a GPU it goes in one copy from page-locked memory, which overlaps the GPU's work. With
-    --gpu-decode some images are on the device already: the rest go over that way, then all stack there.
+    The images stack as they are, one plain copy; the cast and the turn into channels_last are one more copy, on
+    the model's device. Stacking as HWC views instead would do that turn on the CPU, where on a GPU worker it was
+    one of the larger costs (BENCHMARKS.md, "GPU feed ceiling"). To a GPU the batch goes as uint8 from page-locked
+    memory, overlapping the GPU's work. With --gpu-decode some images are on the device already: the rest go over that way, then all stack
+    there.
     """
     host = [image for image in images if image.device.type == "cpu"]
-    if len(host) < len(images):
-        moved = iter(to_batch(host, device) if host else ())
-        return _channels_last([next(moved) if image.device.type == "cpu" else image for image in images])
-    x = _channels_last(images)
-    if device.type == "cuda":
-        x = x.pin_memory()
-    return x.to(device, non_blocking=True)
+    if len(host) == len(images):
+        x = _send(torch.stack(images), device)
+    else:
+        sent = iter(_send(torch.stack(host), device) if host else ())
+        x = torch.stack([next(sent) if image.device.type == "cpu" else image for image in images])
+    return x.to(dtype, memory_format=torch.channels_last)
 
 
-def _channels_last(images: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+def _send(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
 
 
 def no_projection(checkpoint: str) -> str:
@@ -165,7 +166,7 @@ class AlexNetModelHandler(ModelHandler[ImageFile, PredictionResult, Classifier])
         good = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if not good:
             return outcomes
-        x = to_batch([images[i] for i in good], model.device).to(model.dtype)  # pixels 0-255, exact in bf16
+        x = to_batch([images[i] for i in good], model.device, model.dtype)  # pixels 0-255, exact in bf16
         with torch.inference_mode():
             if self._embeddings:
                 features, logits = features_and_logits(model.module, x)

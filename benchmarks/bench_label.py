@@ -1,29 +1,33 @@
-"""`make bench`: end-to-end labeling speed, ours beside the references, measured in one run.
+"""`make bench`: end-to-end labeling speed, ours beside the references and this machine's bound, in one run.
 
-On the same ImageNet-sized JPEGs (about 500x375) and the same 1000-class torchvision-layout AlexNet at
-224 px, it measures images/s of
-  (a) `alexlabel label` on the DirectRunner (the pipeline's own wall time, from the runs table),
+On the same ImageNet-sized JPEGs (about 500x375) and the same 1000-class torchvision-layout AlexNet at 224 px,
+every labeler runs as a whole process, timed from outside as a user waits for it, on --small and --images
+images:
+  (a) `alexlabel label` on the DirectRunner,
   (b) reference_beam_example.py: a pipeline written the way Beam's pytorch_image_classification example is,
-  (c) reference_torch.py: a plain PyTorch DataLoader loop (2 workers, bf16 autocast, channels_last),
-  (d) the model forward alone on in-memory tensors (bf16 autocast, channels_last, batch 64, all cores),
-and prints a/b, a/c, a/d with each run's peak resident memory. The four take turns for --rounds rounds
-(default 3): each images/s figure is the median of its rounds, and each ratio the median of the rounds'
-ratios (a and its reference run a minute apart, so the machine's slow drift cancels).
-Each round also times (e) the whole `alexlabel label` process on 10 of the images: its fixed start-up is that
-time less what the 10 images cost at the marginal rate, (a)'s whole process less (e)'s over the images between
-them; the lowest of the rounds is the figure (other work on the machine only ever adds to it).
---startup-only runs (a) and (e) alone (`make bench-startup`).
---scaling also labels 1,000, 10,000 and 20,000 images to show time grows linearly and memory stays flat
-in the input size.
+  (c) reference_torch.py: a plain PyTorch DataLoader loop (2 workers, bf16 autocast, channels_last).
+For each it reports the whole-process rate at --images, and the marginal rate (--images - --small) / (t(--images)
+- t(--small)), where every fixed cost (imports, model load, job start) cancels; for (a) also the pipeline's own
+rate (its runs row: the job alone, start-up left out). Beside them, this machine's bound:
+  (d) our labeling model's forward on in-memory batches (its precision and layout, batch 64, all cores),
+  decode: the decode-and-resize rate of the same JPEGs (in memory) on all cores, our path, one process per core,
+  (e) the bound 1 / (1/forward + 1/decode): forward and decode done one after the other on the same cores.
+Each round also times the whole `alexlabel label` process on 10 images: its fixed start-up is that time less
+what 10 images cost at (a)'s marginal rate; the lowest round is the figure (other work only ever adds to it).
 
-Usage: python benchmarks/bench_label.py [--images 2000] [--rounds 3] [--workdir bench-out] [--scaling]
-                                        [--startup-only]
+Everything takes turns for --rounds rounds (default 5), since this shared machine's speed drifts by 20% within
+minutes: each rate is the median of its rounds with their range, each ratio the median of the rounds' ratios.
+--startup-only runs (a) and the 10-image run alone (`make bench-startup`). --scaling also labels 1,000, 10,000
+and 20,000 images to show time grows linearly and memory stays flat in the input size.
+
+Usage: python benchmarks/bench_label.py [--images 2500] [--small 500] [--rounds 5] [--workdir bench-out]
+                                        [--scaling [N ...]] [--startup-only] [-- LABEL_ARGS]
 """
 import argparse
 import glob
 import json
+import multiprocessing
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -79,105 +83,172 @@ def ours(images_dir: str, checkpoint: str, out: str, extra: list[str]) -> dict:
 
 
 def reference_beam(images: list[str], state_dict: str, workdir: str) -> dict:
-    paths = os.path.join(workdir, "paths.txt")
+    paths = os.path.join(workdir, f"paths-{len(images)}.txt")
     with open(paths, "w") as f:
         f.write("\n".join(images) + "\n")
     text, wall, rss = run_measured([PYTHON, os.path.join(HERE, "reference_beam_example.py"), paths, state_dict,
                                     os.path.join(workdir, "peer-out")])
-    return {"images_per_s": float(re.search(r"= ([\d.]+) images/s", text).group(1)), "peak_mib": rss}
+    return {"process_s": wall, "peak_mib": rss}
 
 
 def reference_torch(images_dir: str, state_dict: str) -> dict:
     text, wall, rss = run_measured([PYTHON, os.path.join(HERE, "reference_torch.py"), images_dir, state_dict,
                                     "2", "64", "bf16"])
-    return {"images_per_s": float(re.search(r"= ([\d.]+) images/s", text).group(1)), "peak_mib": rss}
+    return {"process_s": wall, "peak_mib": rss}
 
 
 @torch.inference_mode()
-def forward_only(seconds: float = 8.0) -> dict:
-    model = torchvision.models.alexnet(num_classes=1000).eval().to(memory_format=torch.channels_last)
-    x = torch.randn(64, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        model(x)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            model(x).float().softmax(1).topk(5)
-            n += 64
+def forward_only(checkpoint: str, seconds: float = 8.0) -> dict:
+    """(d): the labeling model as the pipeline loads it (bf16 or fp32 weights, channels_last, the normalization
+    folded in), on a batch of 64 already in its layout, then the softmax and top 5 the handler takes."""
+    from beam_pipeline.model_handler import load_classifier
+
+    model = load_classifier(checkpoint)
+    crop = model.manifest.preprocess.crop
+    x = torch.randint(0, 256, (64, 3, crop, crop), dtype=torch.uint8).to(
+        model.dtype, memory_format=torch.channels_last)
+    model.module(x)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.module(x).float().softmax(1).topk(5)
+        n += len(x)
     return {"images_per_s": n / (time.perf_counter() - t0), "threads": torch.get_num_threads()}
 
 
-def startup_by_round(rounds: dict[str, list[dict]], images: int) -> list[float]:
-    """Per round: (e)'s whole process less its images at the marginal rate, which (a), run on more of the same
-    images in the same round, gives as (a's process time - e's) / (the images between them)."""
-    return [small["process_s"] - STARTUP_IMAGES * (big["process_s"] - small["process_s"]) / (images - STARTUP_IMAGES)
-            for big, small in zip(rounds["a_ours"], rounds["e_startup"], strict=True)]
+def _decode_share(args: tuple[list[bytes], dict]) -> int:
+    from schemas.transform import Preprocess, eval_tensor_from_bytes
+
+    torch.set_num_threads(1)
+    pre = Preprocess.from_dict(args[1])
+    for data in args[0]:
+        eval_tensor_from_bytes(data, pre)
+    return len(args[0])
 
 
-def take_turns(runs: dict, rounds: int) -> dict[str, list[dict]]:
-    """Each measure once per round, in turns: this shared machine's speed drifts by 20% within minutes, and
-    a ratio of two runs a minute apart sees little of it."""
-    results = {name: [] for name in runs}
-    for i in range(rounds):
-        for name, measure in runs.items():
-            results[name].append(measure())
-            print(f"round {i + 1}", name, results[name][-1], flush=True)
+def decode_only(images: list[str], checkpoint: str, pool, processes: int) -> dict:
+    """Decode and resize of the JPEGs, read into memory first, as PrepareImages does it: one process per core."""
+    from schemas.checkpoint import load_checkpoint
+
+    pre = load_checkpoint(checkpoint)[1].preprocess.to_dict()
+    datas = [open(path, "rb").read() for path in images]
+    shares = [(datas[i::processes], pre) for i in range(processes)]
+    pool.map(_decode_share, [(share[:5], pre) for share, _ in shares])  # the workers' imports, not timed
+    t0 = time.perf_counter()
+    n = sum(pool.map(_decode_share, shares))
+    return {"images_per_s": n / (time.perf_counter() - t0)}
+
+
+def rates(small: dict, large: dict, small_n: int, large_n: int) -> dict:
+    """A labeler's whole-process rate at large_n and its marginal rate between small_n and large_n."""
+    return {"whole": large_n / large["process_s"],
+            "marginal": (large_n - small_n) / (large["process_s"] - small["process_s"]),
+            "peak_mib": max(small["peak_mib"], large["peak_mib"])}
+
+
+def one_round(measures: dict, sizes: tuple[int, int]) -> dict:
+    """Every measure once, in turns; the labelers at both sizes, one after the other."""
+    got = {}
+    for name, measure in measures.items():
+        if name in LABELERS:
+            small, large = measure(sizes[0]), measure(sizes[1])
+            got[name] = rates(small, large, *sizes) | (
+                {"pipeline": large["images_per_s"]} if name == "a_ours" else {})
+        else:
+            got[name] = measure()
+        print(f"  {name}: {short(got[name])}", flush=True)
+    if "d_forward" in got:
+        got["e_bound"] = {"images_per_s": 1 / (1 / got["d_forward"]["images_per_s"]
+                                               + 1 / got["decode"]["images_per_s"])}
+    return got
+
+
+def short(d: dict) -> dict:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
+
+
+LABELERS = ("a_ours", "b_beam_example", "c_torch_loop")
+RATIOS = {  # name: (numerator labeler, its rate), (denominator, its rate)
+    "whole a/b": (("a_ours", "whole"), ("b_beam_example", "whole")),
+    "whole a/c": (("a_ours", "whole"), ("c_torch_loop", "whole")),
+    "marginal a/b": (("a_ours", "marginal"), ("b_beam_example", "marginal")),
+    "marginal a/c": (("a_ours", "marginal"), ("c_torch_loop", "marginal")),
+    "pipeline a/e": (("a_ours", "pipeline"), ("e_bound", "images_per_s")),
+    "marginal a/e": (("a_ours", "marginal"), ("e_bound", "images_per_s")),
+}
+TARGETS = {"marginal a/e": 0.95}
+
+
+def median_range(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "range": [round(min(values), 3), round(max(values), 3)]}
+
+
+def summarize(rounds: list[dict], startups: list[float]) -> dict:
+    """Medians and ranges of every rate and ratio over the rounds, and the lowest start-up."""
+    results = {name: {rate: median_range([r[name][rate] for r in rounds]) for rate in rounds[0][name]}
+               for name in rounds[0] if name != "e_startup"}
+    results["ratios"] = {name: median_range([r[a][ra] / r[b][rb] for r in rounds])
+                         for name, ((a, ra), (b, rb)) in RATIOS.items() if a in rounds[0] and b in rounds[0]}
+    results["startup_s"] = {"lowest": round(min(startups), 2), "by_round": [round(s, 2) for s in startups]}
     return results
 
 
-def summarize(runs: list[dict]) -> dict:
-    """The median images/s, the range, the highest peak memory, and every run as measured."""
-    speeds = sorted(run["images_per_s"] for run in runs)
-    summary = {"images_per_s": statistics.median(speeds), "range": [speeds[0], speeds[-1]], "runs": runs}
-    peaks = [run["peak_mib"] for run in runs if "peak_mib" in run]
-    return summary | ({"peak_mib": max(peaks)} if peaks else {})
-
-
-def ratios_by_round(rounds: dict[str, list[dict]]) -> dict[str, list[float]]:
-    pairs = (("a/b", "b_beam_example"), ("a/c", "c_torch_loop"), ("a/d", "d_forward_only"))
-    return {name: [ours_run["images_per_s"] / ref["images_per_s"]
-                   for ours_run, ref in zip(rounds["a_ours"], rounds[reference], strict=True)]
-            for name, reference in pairs}
+def print_table(results: dict, sizes: tuple[int, int]) -> None:
+    print(f"\n{'':24}{'whole @' + str(sizes[1]):>14}{'marginal':>12}{'pipeline':>12}{'peak MiB':>10}")
+    for name in LABELERS:
+        if name in results:
+            r = results[name]
+            cells = [f"{r[k]['median']:.1f}" if k in r else "" for k in ("whole", "marginal", "pipeline")]
+            print(f"{name:24}{cells[0]:>14}{cells[1]:>12}{cells[2]:>12}{r['peak_mib']['median']:>10.0f}")
+    for name in ("d_forward", "decode", "e_bound"):
+        if name in results:
+            print(f"{name:24}{results[name]['images_per_s']['median']:>14.1f}")
+    for name, ratio in results["ratios"].items():
+        target = TARGETS.get(name)
+        verdict = "" if target is None else f"  (target >= {target}) {'ok' if ratio['median'] >= target else 'MISSED'}"
+        print(f"{name:14} = {ratio['median']:.2f}  [{ratio['range'][0]:.2f}-{ratio['range'][1]:.2f}]{verdict}")
+    lowest = results["startup_s"]["lowest"]
+    print(f"start-up = {lowest:5.2f} s  (target <= 3) {'ok' if lowest <= 3 else 'MISSED'}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--images", type=int, default=2500)
+    ap.add_argument("--small", type=int, default=500, help="the smaller run of each labeler (default 500)")
     ap.add_argument("--workdir", default="bench-out")
-    ap.add_argument("--rounds", type=int, default=3, help="times each of (a)-(d) runs, in turns (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of every measure, in turns (default 5)")
     ap.add_argument("--scaling", type=int, nargs="*", metavar="N",
                     help="also label N images for each N given (default 1000 10000 20000): time should grow "
                          "linearly, memory stay flat")
-    ap.add_argument("--startup-only", action="store_true", help="measure only (a) and (e), for the start-up")
-    ap.add_argument("label_args", nargs="*", help="extra `alexlabel label` arguments for (a) and (e)")
+    ap.add_argument("--startup-only", action="store_true", help="measure only (a) and the 10-image run")
+    ap.add_argument("label_args", nargs="*", help="extra `alexlabel label` arguments for (a) and the 10-image run")
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    if args.images <= STARTUP_IMAGES:
-        ap.error(f"--images must be more than the start-up run's {STARTUP_IMAGES}")
+    if not STARTUP_IMAGES < args.small < args.images:
+        ap.error(f"need {STARTUP_IMAGES} < --small < --images")
     os.makedirs(args.workdir, exist_ok=True)
-    images_dir = os.path.join(args.workdir, f"images-{args.images}")
-    images = ensure_images(images_dir, args.images)
-    startup_dir = os.path.join(args.workdir, f"images-{STARTUP_IMAGES}")
-    ensure_images(startup_dir, STARTUP_IMAGES)
+    dirs = {n: os.path.join(args.workdir, f"images-{n}") for n in (STARTUP_IMAGES, args.small, args.images)}
+    images = {n: ensure_images(directory, n) for n, directory in dirs.items()}
     state_dict, checkpoint = make_model(args.workdir)
-
-    references = {} if args.startup_only else {
-        "b_beam_example": lambda: reference_beam(images, state_dict, args.workdir),
-        "c_torch_loop": lambda: reference_torch(images_dir, state_dict),
-        "d_forward_only": forward_only}
-    rounds = take_turns({
-        "a_ours": lambda: ours(images_dir, checkpoint, os.path.join(args.workdir, "ours-out"), args.label_args),
-        **references,
-        "e_startup": lambda: ours(startup_dir, checkpoint, os.path.join(args.workdir, "startup-out"),
-                                  args.label_args)}, args.rounds)
-    results = {"images": len(images), "cores": os.cpu_count(), "rounds": args.rounds}
-    results.update({name: summarize(runs) for name, runs in rounds.items()})
-    startups = startup_by_round(rounds, len(images))
-    results["startup_s"] = {"lowest": round(min(startups), 2), "by_round": [round(s, 2) for s in startups]}
-    if references:
-        by_round = ratios_by_round(rounds)
-        results["ratios"] = {name: round(statistics.median(values), 2) for name, values in by_round.items()}
-        results["ratios_by_round"] = {name: [round(v, 2) for v in values] for name, values in by_round.items()}
+    out = os.path.join(args.workdir, "ours-out")
+    measures = {"a_ours": lambda n: ours(dirs[n], checkpoint, out, args.label_args)}
+    cores = os.cpu_count()
+    pool = None if args.startup_only else multiprocessing.get_context("spawn").Pool(cores)
+    if pool:
+        measures |= {"b_beam_example": lambda n: reference_beam(images[n], state_dict, args.workdir),
+                     "c_torch_loop": lambda n: reference_torch(dirs[n], state_dict),
+                     "d_forward": lambda: forward_only(checkpoint),
+                     "decode": lambda: decode_only(images[args.images], checkpoint, pool, cores)}
+    measures["e_startup"] = lambda: ours(dirs[STARTUP_IMAGES], checkpoint, out, args.label_args)
+    rounds = []
+    for i in range(args.rounds):
+        print(f"round {i + 1} of {args.rounds}", flush=True)
+        rounds.append(one_round(measures, (args.small, args.images)))
+    if pool:
+        pool.close()
+    startups = [r["e_startup"]["process_s"] - STARTUP_IMAGES / r["a_ours"]["marginal"] for r in rounds]
+    results = {"images": args.images, "small": args.small, "cores": cores, "rounds": args.rounds,
+               **summarize(rounds, startups), "by_round": rounds}
     if args.scaling is not None:
         results["scaling"] = {}
         for n in args.scaling or (1000, 10000, 20000):
@@ -186,12 +257,8 @@ def main():
             results["scaling"][n] = ours(directory, checkpoint, os.path.join(args.workdir, f"scale-{n}"),
                                          args.label_args)
             print("scaling", n, results["scaling"][n], flush=True)
-    print(json.dumps(results, indent=2))
-    targets = {"a/b": 4.0, "a/c": 1.2, "a/d": 0.75}
-    for name, ratio in results.get("ratios", {}).items():
-        print(f"{name} = {ratio:5.2f}  (target >= {targets[name]}) {'ok' if ratio >= targets[name] else 'MISSED'}")
-    lowest = results["startup_s"]["lowest"]
-    print(f"start-up = {lowest:5.2f} s  (target <= 3) {'ok' if lowest <= 3 else 'MISSED'}")
+    print(json.dumps({k: v for k, v in results.items() if k != "by_round"}, indent=2))
+    print_table(results, (args.small, args.images))
     name = "bench_startup.json" if args.startup_only else "bench_label.json"
     with open(os.path.join(args.workdir, name), "w") as f:
         json.dump(results, f, indent=2)

@@ -330,3 +330,11 @@ def test_the_batch_decoder_falls_back_to_the_cpu_for_a_refused_jpeg_but_a_failin
     monkeypatch.setattr(decode, "decode_jpeg", device_decoder(torch.OutOfMemoryError("CUDA OOM")))
     with pytest.raises(torch.OutOfMemoryError):  # the batch fails (infer error rows), never a good file's row
         eval_tensors_from_jpegs([encoded], pre, torch.device("cpu"))
+
+
+def test_a_batch_is_channels_last_in_the_models_dtype_with_the_images_pixels():
+    images = [torch.randint(0, 256, (3, 9, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(3)]
+    x = model_handler.to_batch(images, torch.device("cpu"), torch.bfloat16)
+    assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x.to(torch.uint8), torch.stack(images))  # 0-255 is exact in bf16
