@@ -92,8 +92,8 @@ def to_batch(images: list[torch.Tensor], device: torch.device, dtype: torch.dtyp
     The images stack as they are, one plain copy; the cast and the turn into channels_last are one more copy, on
     the model's device. Stacking as HWC views instead would do that turn on the CPU, where on a GPU worker it was
     one of the larger costs (BENCHMARKS.md, "GPU feed ceiling"). To a GPU the batch goes as uint8 from page-locked
-    memory, overlapping the GPU's work. With --gpu-decode some images are on the device already: the rest go over that way, then all stack
-    there.
+    memory, overlapping the GPU's work. With --gpu-decode some images are on the device already: the rest go over
+    that way, then all stack there.
     """
     host = [image for image in images if image.device.type == "cpu"]
     if len(host) == len(images):

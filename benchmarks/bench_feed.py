@@ -5,8 +5,10 @@ accounting) runs in this process on the DirectRunner, with a model whose forward
 returns zero logits. Two paths:
   cpu-decode  the CPU decodes and resizes every JPEG, as a CPU-decode GPU worker does;
   gpu-decode  --gpu-decode: JPEGs go to the model still encoded. nvJPEG is stood in for by a decoder that returns
-              meta tensors (no data, no work), so what is measured is the CPU side alone. This machine has no
-              GPU, so the bench lifts the option's --device cuda check.
+              meta tensors (no data, no work). This machine has no GPU, so the bench lifts the option's
+              --device cuda check.
+In both, a batch goes "to the GPU" as a copy (the page-locked copy a GPU worker makes) to the meta device, where
+the cast and the rest cost nothing, as they cost a GPU worker's CPU nothing: what is measured is the CPU side.
 Each run is a process of its own. Each path labels a small and a large set of ImageNet-sized JPEGs, and the rate
 is the marginal one between them (the launcher's checkpoint load and the pipeline start cancel):
   per core   one worker in a process pinned to one core (torch then takes one thread): what a core sustains;
@@ -65,6 +67,11 @@ def free_decode(images, pre, device):
             for image in images]
 
 
+def free_send(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The batch to a free device: the host copy that pin_memory() makes, then a meta tensor."""
+    return x.clone().to("meta")
+
+
 class GpuDecodeOnCpu(LabelOptions):
     """--gpu-decode without the --device cuda check, which this GPU-less machine would fail."""
 
@@ -79,6 +86,7 @@ def label(images_dir: str, checkpoint: str, out: str, path: str, workers: int, p
     """One whole launcher run, in this process, with the free model: its wall and CPU seconds."""
     model_handler.load_classifier = free_model(model_handler.load_classifier)
     model_handler.decode_batch = free_decode
+    model_handler._send = free_send
     shutil.rmtree(out, ignore_errors=True)
     options = GpuDecodeOnCpu if path == "gpu-decode" else LabelOptions
     opts = options(inputs=[f"{images_dir}/*.jpg"], checkpoint=checkpoint, output=out, workers=workers,
