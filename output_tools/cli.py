@@ -136,11 +136,13 @@ def export_command(output, target, model, decision, min_confidence, reviewed_onl
         check_destination(dest, overwrite)  # before any row is read
         rows = select_rows(output, model, decision, min_confidence, reviewed_only)
         classes, samples = shard_samples(rows)
-        line, left_out = summary(*write_shards(samples, classes, dest, round((shard_size or SHARD_MB) * 2**20), 0,
-                                               output), dest)
+        line, left_out, error = summary(*write_shards(samples, classes, dest,
+                                                      round((shard_size or SHARD_MB) * 2**20), 0, output), dest)
         click.echo(line)
         if left_out:
             click.echo(left_out, err=True)
+        if error:
+            raise ExportError(error)
         return
     written, failures = export(output, kind, dest, model, decision, min_confidence, reviewed_only)
     click.echo(f"exported {written} images to {dest}" if kind == "imagefolder" else f"wrote {written} rows to {dest}")

@@ -207,13 +207,17 @@ def _write_shards(samples, classes, dest, shard_bytes, seed, source, progress) -
     return _read_index(dest), failures
 
 
-def summary(written: ShardSet, failures: list[tuple[str, str]], dest: str) -> tuple[str, str]:
-    """What a command says of a write: one line for stdout, and up to 5 of the images left out for stderr."""
+def summary(written: ShardSet, failures: list[tuple[str, str]], dest: str) -> tuple[str, str, str]:
+    """What a command says of a write: one line for stdout, up to 5 of the images left out for stderr, and where
+    some were, the one-line error it exits with ("" when none): the shards are complete but for those, and a script
+    must not take the set for all of its source, as `export --to imagefolder` does not."""
     megabytes, shards = sum(s.size for s in written.shards) / 2**20, len(written.shards)
     line = (f"wrote {written.count} images in {shards} shard{'s' * (shards != 1)} ({megabytes:.1f} MB) to {dest}; "
             f"{len(failures)} unreadable left out")
     left_out = [f"  {uri}: {why}" for uri, why in failures[:5]]
-    return line, "\n".join(left_out + ([f"  and {len(failures) - 5} more"] if len(failures) > 5 else []))
+    error = (f"{len(failures)} images could not be read and are not in {dest} (listed above); fix or remove them "
+             "and write again, or train on the shards as they are" if failures else "")
+    return line, "\n".join(left_out + ([f"  and {len(failures) - 5} more"] if len(failures) > 5 else [])), error
 
 
 def _read_ahead(uris: Iterable[str]) -> Iterator[bytes | str]:

@@ -82,11 +82,13 @@ def test_a_manifest_is_written_with_its_labels_and_unreadable_images_listed(samp
     lines = open(f"{sample_dir}/bucket_truth.csv").read().replace("bucket/", f"{sample_dir}/bucket/").splitlines()
     manifest.write_text("\n".join([*lines, *(f"{sample_dir}/gone{i}.jpg,star" for i in range(6))]) + "\n")
     result = invoke("shards", manifest, tmp_path / "out")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # as export --to imagefolder: not all of the source is there
     assert result.stdout.startswith(f"wrote {len(lines) - 1} images in 1 shard (") and \
         result.stdout.endswith(f"MB) to {tmp_path}/out; 6 unreadable left out\n")
-    listed = result.stderr.splitlines()
+    *listed, error = result.stderr.splitlines()
     assert len(listed) == 6 and listed[-1] == "  and 1 more" and f"{sample_dir}/gone" in listed[0]
+    assert error == (f"Error: 6 images could not be read and are not in {tmp_path}/out (listed above); fix or remove "
+                     "them and write again, or train on the shards as they are")
     assert "FileNotFoundError" in listed[0]
     truth = dict(line.split(",") for line in lines[1:])
     classes, samples = read_back(str(tmp_path / "out"))
@@ -118,6 +120,17 @@ def test_export_to_shards_has_the_exports_labels_a_persons_winning(tmp_path):
     assert read_back(str(tmp_path / "data"))[0] == ["fox"]
     assert one_line_error(invoke("export", out, "--to", "manifest", tmp_path / "m.csv", "--overwrite")) == (
         "Error: --shard-size and --overwrite are for --to shards")
+
+
+def test_export_to_shards_of_an_image_gone_writes_the_rest_and_exits_1(tmp_path):
+    (kept,) = write_images(tmp_path, ["kept.jpg"])
+    out = write_output(str(tmp_path / "out"), [label(kept, "cat", 0.9), label(str(tmp_path / "gone.jpg"), "cat", 0.9)])
+    result = invoke("export", out, "--to", "shards", tmp_path / "data")
+    assert result.exit_code == 1 and result.stdout.endswith("; 1 unreadable left out\n"), result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: 1 images could not be read and are not in {tmp_path}/data (listed above); fix or remove them and "
+        "write again, or train on the shards as they are")
+    assert [s.uri for s in read_back(str(tmp_path / "data"))[1]] == [kept]
 
 
 def test_overwrite_replaces_the_whole_old_set(sample_dir, tmp_path):

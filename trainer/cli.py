@@ -254,10 +254,14 @@ def shards_command(source, dest, shard_size, seed, overwrite, decision):
     splits = ("train", "val") if kind == "imagefolder" else ("",)
     for out in dict.fromkeys([dest, *(under(dest, split) for split in splits)]):  # DEST itself: a file there
         check_destination(out, overwrite)
+    errors = []
     for split, (classes, samples) in zip(splits, source_sets(source, kind, decision), strict=True):
         out = under(dest, split)
-        line, left_out = summary(*write_shards(samples, classes, out, round(shard_size * 2**20), seed,
-                                               under(source, split)), out)
+        line, left_out, error = summary(*write_shards(samples, classes, out, round(shard_size * 2**20), seed,
+                                                      under(source, split)), out)
         click.echo(line)
         if left_out:
             click.echo(left_out, err=True)
+        errors += [error] if error else []
+    if errors:  # after every split is written: what could be packed is
+        raise UserError("; ".join(errors))
