@@ -25,6 +25,7 @@ from beam_pipeline.write import check_writable, count_rows, make_table_folders, 
 from common.devices import usable_cores
 from common.errors import UserError
 from common.interrupt import Interrupted, ctrl_c_sets
+from common.storage import glob_urls
 from schemas.checkpoint import Manifest, checkpoint_file
 
 SLICE_SECONDS = 120  # --commit-every's default: about this much work between commits
@@ -42,6 +43,7 @@ def check(opts: LabelOptions, keep: bool) -> Manifest:
     A GPU is checked where the model runs: here for local runners, on the workers for Dataflow.
     """
     opts.validate()
+    check_new_run_id(opts)
     opts.checkpoint = checkpoint_file(opts.checkpoint)
     local = opts.runner == "DirectRunner"
     manifest = check_checkpoint(opts.checkpoint, opts.device if local else "cpu", opts.precision, keep=keep,
@@ -50,6 +52,16 @@ def check(opts: LabelOptions, keep: bool) -> Manifest:
     for url in opts.input_lists:
         check_uri_list(url)
     return manifest
+
+
+def check_new_run_id(opts: LabelOptions) -> None:
+    """A run id names the run's files (and a sliced job's slices, <id>-0001, ...): one already in the output would
+    have this run's files replace that run's, its labels lost while both accountings pass."""
+    found = (glob_urls(f"{opts.output}/*/model=*/{opts.run_id}-*.parquet")
+             or glob_urls(f"{opts.output}/runs/model=*/{opts.run_id}.parquet"))
+    if found:
+        raise UsageError(f"--run-id {opts.run_id} is taken in {opts.output} (e.g. {found[0]}); choose another, or "
+                         "leave --run-id out for a new one")
 
 
 def prepare(opts: LabelOptions, matched: bool = True, manifest: Manifest | None = None
@@ -152,7 +164,7 @@ def run_in_slices(opts: LabelOptions, uris: list[str], size: int) -> dict:
 
     Each slice's row names the job (job_id); the job's row, with the slices' sums over its own wall time, is
     written only once every slice finished and the job's accounting holds, so the runs table says which rows make
-    up a whole job and a reader counts each input once (schemas/tables.py, RUNS). A killed job leaves only its
+    up a whole job and a reader counts each run once (schemas/tables.py, RUNS). A killed job leaves only its
     finished slices' rows.
     """
     rows, started, t0 = [], datetime.now(UTC), time.perf_counter()
@@ -168,7 +180,6 @@ def run_in_slices(opts: LabelOptions, uris: list[str], size: int) -> dict:
     finally:
         drop_kept()
     counts = {key: sum(r[key] for r in rows) for key in ("matched", "labeled", "errored", "skipped")}
-    check_accounting(opts.run_id, counts, "its slices' runs rows")
     if counts["matched"] != len(uris):
         raise AccountingError(f"run {opts.run_id}: its slices matched {counts['matched']} of {len(uris)} inputs; "
                               "report this as a bug with the runs rows")
@@ -178,12 +189,12 @@ def run_in_slices(opts: LabelOptions, uris: list[str], size: int) -> dict:
     return row
 
 
-def check_accounting(run_id: str, counts: dict, evidence: str = "the runs row") -> None:
-    """matched == labeled + errors + skipped, for a run or a whole job; else AccountingError naming `evidence`."""
+def check_accounting(run_id: str, counts: dict) -> None:
+    """matched == labeled + errors + skipped for a run (a job in slices then holds it too, as their sum)."""
     if counts["matched"] != finished(counts):
         raise AccountingError(f"run {run_id}: matched {counts['matched']} != labeled {counts['labeled']} + "
                               f"errors {counts['errored']} + skipped {counts['skipped']}; report this as a bug with "
-                              f"{evidence}")
+                              "the runs row")
 
 
 def job_uris(opts: LabelOptions) -> list[str] | None:

@@ -38,6 +38,7 @@ from make_images import ensure_images
 
 from beam_pipeline import launch, model_handler
 from beam_pipeline.options import LabelOptions
+from common.devices import usable_cores
 
 GPU_WORKER_CORES = 16
 TARGETS = {"cpu-decode": 400, "gpu-decode": 1000}  # images/s per core
@@ -121,7 +122,7 @@ def child(args: str) -> None:
     if pinned:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         torch.set_num_threads(1)
-    print(json.dumps(label(images_dir, checkpoint, out, path, 1 if pinned else os.cpu_count(), profile)))
+    print(json.dumps(label(images_dir, checkpoint, out, path, 1 if pinned else usable_cores(), profile)))
 
 
 def marginal(small: dict, large: dict) -> dict:
@@ -166,7 +167,7 @@ def main():
             print(f"\n== {path}, pinned to one core: where the time goes")
             pstats.Stats(stats).sort_stats("tottime").print_stats(25)
         return
-    results = {"cores": os.cpu_count(), "images": args.images, "rounds": args.rounds}
+    results = {"cores": usable_cores(), "images": args.images, "rounds": args.rounds}
     for path in TARGETS:
         run_child(dirs[0], checkpoint, out, path, True)  # warm the page cache
         results[path] = measure(path, dirs, checkpoint, out, args.rounds)

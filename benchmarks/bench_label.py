@@ -38,6 +38,8 @@ import torch
 import torchvision
 from make_images import ensure_images
 
+from common.devices import usable_cores
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = sys.executable
 ALEXLABEL = os.path.join(os.path.dirname(sys.executable), "alexlabel")
@@ -77,7 +79,8 @@ def ours(images_dir: str, checkpoint: str, out: str, extra: list[str]) -> dict:
     subprocess.run(["rm", "-rf", out], check=True)
     text, wall, rss = run_measured([ALEXLABEL, "label", "--input", f"{images_dir}/*.jpg", "--checkpoint",
                                     checkpoint, "--output", out, *extra])
-    (row,) = pq.read_table(glob.glob(f"{out}/runs/*/*.parquet"), partitioning=None).to_pylist()
+    rows = pq.read_table(glob.glob(f"{out}/runs/*/*.parquet"), partitioning=None).to_pylist()
+    (row,) = [r for r in rows if r["job_id"] is None]  # a job in slices: its own row, not theirs
     return {"images_per_s": row["images_per_second"], "wall_s": row["wall_seconds"], "process_s": wall,
             "peak_mib": rss, "labeled": row["labeled"]}
 
@@ -232,7 +235,7 @@ def main():
     state_dict, checkpoint = make_model(args.workdir)
     out = os.path.join(args.workdir, "ours-out")
     measures = {"a_ours": lambda n: ours(dirs[n], checkpoint, out, args.label_args)}
-    cores = os.cpu_count()
+    cores = usable_cores()
     pool = None if args.startup_only else multiprocessing.get_context("spawn").Pool(cores)
     if pool:
         measures |= {"b_beam_example": lambda n: reference_beam(images[n], state_dict, args.workdir),

@@ -241,11 +241,13 @@ def compare(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, duckdb.
 
 
 def side_rows(con: duckdb.DuckDBPyConnection, side: str) -> str:
-    """SQL for one row per uri of a run id (a run labels each input once) or a model version (its latest rows)."""
-    runs, models = con.execute("SELECT count(*) FILTER (run_id = $1), count(*) FILTER (model_version = $1) "
+    """SQL for one row per uri of a run id (a run labels each input once; a job in slices, through its slices' run
+    ids) or a model version (its latest rows)."""
+    run_ids = f"(SELECT {literal(side)} UNION SELECT run_id FROM runs WHERE job_id = {literal(side)})"
+    runs, models = con.execute(f"SELECT count(*) FILTER (run_id IN {run_ids}), count(*) FILTER (model_version = $1) "
                                "FROM labels", [side]).fetchall()[0]
     if runs:
-        return f"SELECT uri, label, confidence FROM labels WHERE run_id = {literal(side)}"
+        return f"SELECT uri, label, confidence FROM labels WHERE run_id IN {run_ids}"
     if models:
         return f"SELECT uri, label, confidence FROM latest WHERE model_version = {literal(side)}"
     raise QueryError(f"--compare: {side} is neither a run id nor a model version with label rows here")

@@ -42,7 +42,7 @@ ERRORS = pa.schema([
 # accounting held (matched == labeled + errored + skipped, and every input it matched in some slice), the job writes
 # one more row: its own run_id, the slices' summed counts, its own wall time, start and finish, job_id null. A plain
 # run's row has job_id null too. So a sliced job is counted twice in the table, once in its slices and once whole:
-# to count each input once, read the view `jobs` (schemas/views.py), the rows with job_id null plus the slices of a
+# to count each run once, read the view `jobs` (schemas/views.py), the rows with job_id null plus the slices of a
 # job that never wrote its row (killed or failed partway: the finished slices' rows are all it leaves).
 RUNS = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),

@@ -2,7 +2,7 @@
 
     labels, errors, runs,  every row (with a model version given, only that version's partition)
     reviews
-    jobs                   the runs rows that count each input once: whole runs (job_id null: a plain run, a
+    jobs                   the runs rows that count each run once: whole runs (job_id null: a plain run, a
                            sliced job's own row) and the slices of a job that wrote no row of its own (killed),
                            with `slices`, how many slice rows a job's row sums
     latest                 the latest row per (uri, model_version): greatest labeled_at, ties to the greater run_id

@@ -185,6 +185,19 @@ def test_unwritable_output_fails_before_any_work(checkpoint, sample_dir, tmp_pat
     assert f"cannot write to --output {blocker}/out" in line and blocker.read_text() == "not a folder"
 
 
+def test_a_run_id_already_in_the_output_is_refused_before_its_files_are_replaced(checkpoint, sample_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ("label", "--input", f"{sample_dir}/bucket/*.jpg", "--checkpoint", checkpoint, "--output", out,
+            "--precision", "fp32")
+    assert invoke(*args, "--run-id", "r1").exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+    line = one_line_error(invoke(*args, "--run-id", "r1"))
+    assert line.startswith(f"Error: --run-id r1 is taken in {out} (e.g. {out}/") and line.endswith(
+        "; choose another, or leave --run-id out for a new one")
+    assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before
+    assert invoke(*args, "--run-id", "r2").exit_code == 0
+
+
 def test_checkpoint_whose_classes_do_not_fit_its_weights_is_refused(checkpoint, sample_dir, tmp_path):
     from dataclasses import replace
 

@@ -67,6 +67,10 @@ def test_query_and_report_show_a_sliced_job_once(sliced, tmp_path):
     assert invoke("report", out, "--html", tmp_path / "r.html", "--review", 0).exit_code == 0
     runs_section = (tmp_path / "r.html").read_text().split("<h2>Runs</h2>")[1]
     assert ">job<" in runs_section and "job-000" not in runs_section and ">11<" in runs_section
+    compared = invoke("query", out, "--compare", "job", shown["model_version"], "--format", "json")
+    assert compared.exit_code == 0, compared.output  # the job's id stands for its slices' labels
+    (agreement,) = json.loads(compared.output)["agreement"]
+    assert (agreement["compared"], agreement["agreed"]) == (10, 10)
 
 
 def test_a_small_job_is_one_run_as_before(checkpoint, tmp_path):
