@@ -18,6 +18,7 @@ class FaultyProxy:
         self.flaky_failures = flaky_failures
         self.seen = Counter()
         self.faults = Counter()
+        self.requests = []  # (method, path) of every request, as it came
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -53,6 +54,7 @@ class FaultyProxy:
 
             def _forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests.append((self.command, unquote(self.path)))
                 status = proxy.fault_for(self.path)
                 if status:
                     payload = b'{"error": {"code": %d, "message": "injected fault"}}' % status

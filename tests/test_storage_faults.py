@@ -7,6 +7,7 @@ from faulty_gcs import FaultyProxy
 
 from beam_pipeline.launch import run
 from beam_pipeline.options import LabelOptions
+from common.storage import read_bytes
 
 
 def test_transient_faults_are_retried_and_a_broken_object_is_an_error_row(gcs, sample_dir, checkpoint, tmp_path,
@@ -28,3 +29,21 @@ def test_transient_faults_are_retried_and_a_broken_object_is_an_error_row(gcs, s
                              partitioning=None).to_pylist()
     assert error["uri"] == "gs://alexlabel-faults/in/broken_c.jpg" and error["stage"] == "read"
     assert "403" in error["message"] or "injected fault" in error["message"], error
+
+
+def test_a_loose_file_from_a_bucket_is_read_in_one_request(gcs, sample_dir, monkeypatch):
+    """The trainer reads loose images one request each: a metadata request before every download would double the
+    latency of training from a bucket."""
+    from gcsfs import GCSFileSystem
+
+    gcs.mkdir("alexlabel-reads")
+    gcs.put(f"{sample_dir}/bucket/img_00001.jpg", "alexlabel-reads/one.jpg")
+    with FaultyProxy(os.environ["STORAGE_EMULATOR_HOST"]) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        GCSFileSystem.clear_instance_cache()  # a client for the proxy
+        try:
+            data = read_bytes("gs://alexlabel-reads/one.jpg")
+        finally:
+            GCSFileSystem.clear_instance_cache()
+    assert data == open(f"{sample_dir}/bucket/img_00001.jpg", "rb").read()
+    assert [method for method, path in proxy.requests if "one.jpg" in path] == ["GET"], proxy.requests
