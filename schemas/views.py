@@ -105,7 +105,7 @@ def added_columns(con: duckdb.DuckDBPyConnection, table: str) -> str:
     if not (names := ADDED_COLUMNS.get(table)):
         return ""
     empty = con.from_arrow(duckdb_empty(pa.schema([TABLES[table].field(n) for n in names])))
-    nulls = ", ".join(f"NULL::{t} AS {n}" for n, t in zip(empty.columns, empty.types, strict=True))
+    nulls = ", ".join(f"NULL::{t} AS \"{n}\"" for n, t in zip(empty.columns, empty.types, strict=True))
     return f" UNION ALL BY NAME SELECT {nulls} WHERE false"
 
 
