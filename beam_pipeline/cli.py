@@ -102,8 +102,6 @@ def label_command(inputs, input_lists, extensions, beam_args, **kw):
         echo_run(run(opts))
 
 
-
-
 def watch_until_ctrl_c(opts: LabelOptions) -> None:
     """--watch: a line per labeling round; Ctrl-C, its way out, ends it with a summary of the rounds (status 0)."""
     from beam_pipeline.launch import check_watch, watch

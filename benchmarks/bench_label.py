@@ -77,7 +77,7 @@ def run_measured(cmd: list[str]) -> tuple[str, float, float]:
 
 def ours(images_dir: str, checkpoint: str, out: str, extra: list[str]) -> dict:
     subprocess.run(["rm", "-rf", out], check=True)
-    text, wall, rss = run_measured([ALEXLABEL, "label", "--input", f"{images_dir}/*.jpg", "--checkpoint",
+    _, wall, rss = run_measured([ALEXLABEL, "label", "--input", f"{images_dir}/*.jpg", "--checkpoint",
                                     checkpoint, "--output", out, *extra])
     rows = pq.read_table(glob.glob(f"{out}/runs/*/*.parquet"), partitioning=None).to_pylist()
     (row,) = [r for r in rows if r["job_id"] is None]  # a job in slices: its own row, not theirs
@@ -89,13 +89,13 @@ def reference_beam(images: list[str], state_dict: str, workdir: str) -> dict:
     paths = os.path.join(workdir, f"paths-{len(images)}.txt")
     with open(paths, "w") as f:
         f.write("\n".join(images) + "\n")
-    text, wall, rss = run_measured([PYTHON, os.path.join(HERE, "reference_beam_example.py"), paths, state_dict,
+    _, wall, rss = run_measured([PYTHON, os.path.join(HERE, "reference_beam_example.py"), paths, state_dict,
                                     os.path.join(workdir, "peer-out")])
     return {"process_s": wall, "peak_mib": rss}
 
 
 def reference_torch(images_dir: str, state_dict: str) -> dict:
-    text, wall, rss = run_measured([PYTHON, os.path.join(HERE, "reference_torch.py"), images_dir, state_dict,
+    _, wall, rss = run_measured([PYTHON, os.path.join(HERE, "reference_torch.py"), images_dir, state_dict,
                                     "2", "64", "bf16"])
     return {"process_s": wall, "peak_mib": rss}
 

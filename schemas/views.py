@@ -48,7 +48,7 @@ VECTORS = """SELECT a.*, e.embedding, p.probabilities
              FROM analyzed a JOIN embeddings e USING (uri, model_version, run_id)
                              LEFT JOIN probabilities p USING (uri, model_version, run_id)"""
 # A sliced job has its slices' rows and its own (RUNS in schemas/tables.py): the slices go where their job's row is
-# there, so each input is counted once, and stay where it is not (a killed job left only them).
+# there, so each run is counted once, and stay where it is not (a killed job left only them).
 JOBS = """SELECT *, (SELECT count(*) FROM runs s WHERE s.job_id = r.run_id AND s.model_version = r.model_version)
                    AS slices
           FROM runs r
