@@ -72,7 +72,7 @@ bench-startup: install  ## the fixed start of `alexlabel label`: 10 images besid
 bench-feed: install  ## the GPU feed ceiling without a GPU: the real job with a free model, CPU decode and --gpu-decode, images/s per core
 	$(BIN)/python benchmarks/bench_feed.py --workdir bench-out $(FEED_ARGS)
 
-bench-int8: install  ## int8 vs bf16 on this CPU (AMX/VNNI): the forward in turns, one-time cost, memory, top-1 vs fp32 on the demo checkpoint; then the labeling job end to end with each
+bench-int8: install  ## --precision int8 beside bf16 and fp32 on this CPU: the forward in turns, one-time cost, memory, top-1 vs fp32 on the demo checkpoint; then the labeling job end to end with each
 	test -f alexlabel-demo/model/model.pt || $(BIN)/alexlabel demo
 	$(BIN)/python benchmarks/bench_int8.py --checkpoint alexlabel-demo/model/model.pt --data alexlabel-demo/data $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_int8_job.py --workdir bench-out

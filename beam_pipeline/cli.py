@@ -21,7 +21,8 @@ from common.storage import IMAGE_EXTENSIONS
 @click.option("--device", default="auto", show_default=True, metavar=DEVICE_WORDS,
               help=DEVICE_HELP + " On Dataflow, auto labels on the workers' GPUs when --gpu-type attaches some.")
 @click.option("--precision", default="auto", show_default=True, metavar="|".join(PRECISIONS),
-              help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32.")
+              help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32. int8 (CPUs): about twice as fast, "
+                   "top-1 as fp32's on 99%+ of images, with the ranges the checkpoint carries.")
 @click.option("--gpu-decode", is_flag=True,
               help="With a GPU: decode JPEGs in batches on the GPU (nvJPEG) instead of on CPU cores; "
                    "other formats, and JPEGs that need rotating or draft mode, still decode on the CPU.")

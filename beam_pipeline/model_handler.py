@@ -17,10 +17,12 @@ from apache_beam.metrics import Metrics
 from beam_pipeline.decode import ImageFile, decode_batch
 from beam_pipeline.heap import trim_heap
 from beam_pipeline.inference import ModelHandler, PredictionResult
+from beam_pipeline.int8 import build_int8
 from beam_pipeline.lean_layers import lean_for_inference
 from beam_pipeline.raw_pixels import fold_normalization
 from beam_pipeline.rows import Failure, Prediction
 from common.devices import pick_device
+from common.errors import first_line
 from schemas.checkpoint import CheckpointError, Manifest, Projection
 from schemas.transform import Preprocess
 from trainer.models import features_and_logits, load_model
@@ -38,7 +40,10 @@ class Classifier:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX); fp32 elsewhere."""
+    """auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere. int8 (CPUs only) is
+    the network's input dtype: uint8 pixels."""
+    if precision == "int8":
+        return torch.uint8
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
@@ -48,19 +53,38 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def load_classifier(checkpoint: str, device: str = "cpu", precision: str = "auto") -> Classifier:
-    module, manifest, projection = load_model(checkpoint)
+    module, manifest, projection, int8 = load_model(checkpoint)
     try:
         module = fold_normalization(module, manifest.preprocess)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
     torch_device = pick_device(device)
-    if torch_device.type == "cpu":  # measured there (~8% of a one-thread forward), not yet on GPUs
-        module = lean_for_inference(module)
     dtype = resolve_precision(precision, torch_device)
-    # Weights stored in bf16 once, not autocast: autocast re-casts all ~60M weights on every batch, which
-    # on a CPU costs more than the convolutions themselves (AlexNet: 3x the throughput without it).
-    module = module.to(torch_device, dtype=dtype, memory_format=torch.channels_last).eval()
+    if dtype == torch.uint8:
+        module = int8_network(checkpoint, module, int8, manifest, torch_device)
+    else:
+        if torch_device.type == "cpu":  # measured there (~8% of a one-thread forward), not yet on GPUs
+            module = lean_for_inference(module)
+        # Weights stored in bf16 once, not autocast: autocast re-casts all ~60M weights on every batch, which
+        # on a CPU costs more than the convolutions themselves (AlexNet: 3x the throughput without it).
+        module = module.to(torch_device, dtype=dtype, memory_format=torch.channels_last).eval()
     return Classifier(module, manifest, torch_device, dtype, projection and projection.to(torch_device))
+
+
+def int8_network(checkpoint: str, module: torch.nn.Module, ranges: torch.Tensor | None, manifest: Manifest,
+                 device: torch.device) -> torch.nn.Module:
+    if device.type != "cpu":
+        raise CheckpointError(f"--precision int8 runs on CPUs, and this job labels on {device.type}; use "
+                              "--precision bf16 there")
+    if ranges is None:
+        raise CheckpointError(f"--precision int8 needs a checkpoint with int8 ranges, and {checkpoint} has none; fit "
+                              "them with `alexlabel import-weights --fit-on FOLDER`, or train with `alexlabel train` "
+                              "(it fits them)")
+    try:
+        return build_int8(module, ranges, manifest.preprocess.crop)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {checkpoint}: no int8 network on this machine ({first_line(e)}); "
+                              "label with --precision auto") from None
 
 
 # The launcher loads the model up front (every checkpoint error before any input is read). With the
@@ -166,7 +190,7 @@ class AlexNetModelHandler(ModelHandler[ImageFile, PredictionResult, Classifier])
         good = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if not good:
             return outcomes
-        x = to_batch([images[i] for i in good], model.device, model.dtype)  # pixels 0-255, exact in bf16
+        x = to_batch([images[i] for i in good], model.device, model.dtype)  # pixels 0-255, exact in bf16 and uint8
         with torch.inference_mode():
             if self._embeddings:
                 features, logits = features_and_logits(model.module, x)

@@ -10,7 +10,7 @@ from common.ids import new_id
 from common.storage import IMAGE_EXTENSIONS, canonical_uri
 
 RUNNERS = ("DirectRunner", "DataflowRunner")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "int8")
 # Dataflow machine types that can host each GPU: L4s come only on G2 machines, the others attach to N1.
 GPU_MACHINES = {"nvidia-l4": "g2-standard-8", "nvidia-tesla-t4": "n1-standard-8",
                 "nvidia-tesla-v100": "n1-standard-8", "nvidia-tesla-p100": "n1-standard-8",
@@ -31,7 +31,7 @@ class LabelOptions:
     input_lists: list[str] = field(default_factory=list)  # text (one URI a line) or Parquet (`uri` column)
     runner: str = "DirectRunner"
     device: str = "auto"              # auto, cpu or cuda (gpu: cuda); validate() leaves cpu or cuda
-    precision: str = "auto"           # auto (bf16 where native), bf16, fp32
+    precision: str = "auto"           # auto (bf16 where native), bf16, fp32, int8 (CPUs)
     gpu_decode: bool = False          # with device cuda: JPEGs decode in batches on the GPU (nvJPEG)
     top_k: int = 5
     embeddings: bool = False          # also write the embeddings table (the checkpoint's PCA of its penultimate layer)
@@ -72,6 +72,8 @@ class LabelOptions:
         self.device = self._resolve_device()
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.precision == "int8" and self.device == "cuda":
+            raise UsageError("--precision int8 runs on CPUs (oneDNN's int8 kernels); on a GPU use --precision bf16")
         if self.gpu_decode and self.device != "cuda":
             raise UsageError("--gpu-decode decodes JPEGs on the GPU the model runs on; add --device cuda")
         if self.top_k < 1:

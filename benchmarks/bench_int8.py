@@ -3,15 +3,11 @@
 What each flow is (all start from the labeling model's fp32 module: load_model, then fold_normalization):
 
 - `bf16`: what load_classifier builds today (lean_for_inference, bf16 weights, channels_last).
-- `int8`: static int8 through oneDNN's own int8 kernels (onednn::qconv_pointwise / qlinear_pointwise, the ops
-  that PT2E + inductor lower to), called eagerly: weights int8 per output channel (symmetric), activations uint8
-  per tensor, their ranges calibrated with HistogramObserver on the fp32 model's activations. Raw 0-255 pixels
-  are exactly uint8 (scale 1, zero point 0), so the first convolution takes the pipeline's uint8 batch as it
-  is (no cast), with the folded normalization's weights, ReLU fused, uint8 out; only its edge bands, where
-  RawPixelConv's border correction comes before ReLU, are convolved again from their input windows (fp32 out,
-  + border, quantized). ReLU is fused into each convolution and hidden Linear, max pools run on uint8 (max
-  commutes with the monotone quantization), the last Linear gives fp32 logits. No compile: nothing to cache.
-  (The packed weights are opaque tensors: the model cannot be pickled or deep-copied, only built again.)
+- `int8`: what `label --precision int8` labels with (beam_pipeline/int8.py): oneDNN's own int8 kernels
+  (onednn::qconv_pointwise / qlinear_pointwise, the ops that PT2E + inductor lower to), called eagerly, weights
+  int8 per output channel, activations uint8 per tensor; its ranges fitted as trainer/int8_ranges.py fits them
+  (HistogramObserver on the fp32 model's activations). For speed they are fitted on random pixels; for agreement
+  the checkpoint's own ranges are used, as labeling uses them. No compile: nothing to cache.
 - `fx_int8`: torch.ao's FX graph mode static quantization (prepare_fx, convert_fx, qconfig 'onednn', the
   quantized engine 'onednn'): quantized::conv2d / linear kernels on quantized tensors; the first convolution
   (RawPixelConv, which FX cannot trace) stays fp32.
@@ -40,9 +36,10 @@ quantization and packing) and of its first forward (oneDNN creates its kernels t
 and run for three batches in a child process of its own: peak RSS (VmHWM) and RSS after the run.
 
 Agreement (--checkpoint, --data: the demo's): top-1 of each flow vs fp32 (load_classifier's fp32 module) on
-every image under --data that the labeling path decodes, calibrated on --calibration (200) images drawn evenly
-from the checkpoint's training folder (DATA/train); reported over the images not used for calibration (the
-target, >= 99%) and over all of them. bf16's agreement is measured beside it.
+every image under --data that the labeling path decodes. int8 is `label --precision int8`'s network with the ranges
+the checkpoint carries (fitted by the trainer on training images); fx_int8 calibrates on --calibration (200) images
+drawn evenly from DATA/train. Reported over the images outside DATA/train (the target, >= 99%) and over all of
+them. bf16's agreement is measured beside it.
 
 End to end: labeling also decodes every JPEG on the same cores (about 2.3-3 ms of one core per image), so a
 forward of F images/s (the median) with decode of D = cores / decode-seconds images/s bounds labeling at
@@ -70,290 +67,18 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from beam_pipeline.lean_layers import SeparableMaxPool2d, lean_for_inference
+from beam_pipeline.int8 import build_int8
+from beam_pipeline.lean_layers import lean_for_inference
 from beam_pipeline.model_handler import load_classifier
 from beam_pipeline.raw_pixels import RawPixelConv, fold_normalization
 from common.storage import read_bytes
 from schemas.transform import Preprocess, eval_tensor_from_bytes
+from trainer.int8_ranges import activation_ranges
 from trainer.models import AlexNet, load_model
 
 warnings.filterwarnings("ignore", message=".*(deprecated|torchao|TypedStorage|quantize).*")
 FLOWS = ("bf16", "int8", "fx_int8", "dyn_fc")
 SPEED_PRE = Preprocess(resize=256, crop=224)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The int8 model: oneDNN's int8 ops called directly.
-
-def _observer() -> torch.ao.quantization.HistogramObserver:
-    return torch.ao.quantization.HistogramObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine,
-                                                   reduce_range=False)
-
-
-def _qparams(observer) -> tuple[float, int]:
-    scale, zero_point = observer.calculate_qparams()
-    return float(scale), int(zero_point)
-
-
-def _int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output channel: (int8 weight, fp32 scales)."""
-    w = weight.detach().float()
-    scale = (w.reshape(w.shape[0], -1).abs().amax(dim=1) / 127).clamp_min(1e-12)
-    q = torch.round(w / scale.view(-1, *[1] * (w.dim() - 1))).clamp_(-127, 127).to(torch.int8)
-    return q, scale
-
-
-def _quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """fp32 -> uint8 with these qparams (with zero point 0 this is also the ReLU). Plain arithmetic, not
-    torch.quantize_per_tensor: quantized tensors are deprecated in torch 2.14 (and only small maps come here)."""
-    return torch.round(x * (1 / scale)).add_(zero_point).clamp_(0, 255).to(torch.uint8)
-
-
-def _dequantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    return (x.float() - zero_point) * scale
-
-
-class _Stem(nn.Module):
-    """RawPixelConv on uint8 raw pixels (exact: scale 1, zero point 0), with ReLU, out uint8.
-
-    The whole map comes out of one int8 convolution with ReLU fused and uint8 output; the edge bands, where the
-    folded normalization needs the border correction before ReLU, are then computed again from their own input
-    windows (fp32 out, + border, quantized), a few percent of the work instead of an fp32 output map for all of it.
-    """
-
-    def __init__(self, raw: RawPixelConv, out: tuple[float, int]):
-        super().__init__()
-        conv = raw.conv
-        q, self.w_scale = _int8_weight(conv.weight)
-        self.w_zp = torch.zeros(q.shape[0], dtype=torch.int64)
-        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
-        self.kernel, self.groups = list(conv.kernel_size), conv.groups
-        self.packed = torch.ops.onednn.qconv_prepack(q, self.w_scale, 1.0, 0, self.stride, self.padding,
-                                                     self.dilation, self.groups, None)
-        # A band is convolved without padding from its window of the zero-padded input; one narrower than it is
-        # tall (left, right) transposed, with the kernel transposed: oneDNN is several times slower
-        # on narrow windows, and onednn::qconv_pointwise (torch 2.14) gives wrong numbers for an output one column
-        # wide and taller than one row.
-        self.packed_band = {False: torch.ops.onednn.qconv_prepack(q, self.w_scale, 1.0, 0, self.stride, [0, 0],
-                                                                  self.dilation, self.groups, None),
-                            True: torch.ops.onednn.qconv_prepack(q.transpose(2, 3).contiguous(), self.w_scale, 1.0,
-                                                                 0, self.stride[::-1], [0, 0], self.dilation[::-1],
-                                                                 self.groups, None)}
-        self.bias = conv.bias.detach().float()
-        self.crop, self.out = raw.crop, out
-        (top, bottom), (left, right) = raw.edges
-        height, width = raw.border.shape[2:]
-        bands = (((0, top), (0, width)), ((height - bottom, height), (0, width)),
-                 ((top, height - bottom), (0, left)), ((top, height - bottom), (width - right, width)))
-        bands = [band for band in bands if band[0][1] > band[0][0] and band[1][1] > band[1][0]]
-        # Bands of one shape (top and bottom, left and right) go through one convolution, stacked on the batch:
-        # their input windows copied into one zeroed buffer (zero padding: raw pixel 0 is real 0 here).
-        self.band_groups = []
-        for shape in dict.fromkeys((r1 - r0, c1 - c0) for (r0, r1), (c0, c1) in bands):
-            group = [band for band in bands if (band[0][1] - band[0][0], band[1][1] - band[1][0]) == shape]
-            borders = torch.stack([raw.border[0, :, r0:r1, c0:c1] for (r0, r1), (c0, c1) in group])[:, None]
-            windows = [(self._window(0, *rows), self._window(1, *cols)) for rows, cols in group]
-            self.band_groups.append((group, borders, shape[1] < shape[0], windows))
-
-    def _window(self, axis: int, start: int, stop: int) -> tuple[slice, slice, int]:
-        """Along rows (axis 0) or columns, outputs start..stop-1 read a window of the zero-padded input: (the
-        input's part of it, where that part lies in the window, the window's length)."""
-        s, p, d, k = self.stride[axis], self.padding[axis], self.dilation[axis], self.kernel[axis]
-        first, end, length = start * s - p, (stop - 1) * s - p + (k - 1) * d + 1, self.crop
-        source = slice(max(first, 0), min(end, length))
-        target = slice(source.start - first, source.stop - first)
-        return source, target, end - first
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[2:] != (self.crop, self.crop):
-            raise ValueError(f"this model takes {self.crop} x {self.crop} images (its checkpoint's crop), "
-                             f"got {x.shape[2]} x {x.shape[3]}")
-        y = torch.ops.onednn.qconv_pointwise(x, 1.0, 0, self.packed, self.w_scale, self.w_zp, self.bias,
-                                             self.stride, self.padding, self.dilation, self.groups, *self.out,
-                                             torch.uint8, "relu", [], "")
-        for bands, borders, transposed, windows in self.band_groups:
-            n = x.shape[0]
-            (_, _, height), (_, _, width) = windows[0]
-            shape = (len(bands) * n, x.shape[1]) + ((width, height) if transposed else (height, width))
-            stacked = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
-            for i, ((rows, rows_to, _), (cols, cols_to, _)) in enumerate(windows):
-                if transposed:
-                    stacked[i * n:(i + 1) * n, :, cols_to, rows_to] = x[:, :, rows, cols].transpose(2, 3)
-                else:
-                    stacked[i * n:(i + 1) * n, :, rows_to, cols_to] = x[:, :, rows, cols]
-            stride, dilation = (self.stride[::-1], self.dilation[::-1]) if transposed else (self.stride, self.dilation)
-            z = torch.ops.onednn.qconv_pointwise(stacked, 1.0, 0,
-                                                 self.packed_band[transposed], self.w_scale, self.w_zp, self.bias,
-                                                 stride, [0, 0], dilation, self.groups, 1.0, 0, torch.float32,
-                                                 "none", [], "")
-            if transposed:
-                z = z.transpose(2, 3)
-            q = _quantize(z.unflatten(0, (len(bands), -1)) + borders, *self.out)
-            for ((r0, r1), (c0, c1)), band in zip(bands, q, strict=True):
-                y[:, :, r0:r1, c0:c1] = band
-        return y
-
-
-class _QConv(nn.Module):
-    def __init__(self, conv: nn.Conv2d, x: tuple[float, int], out: tuple[float, int], relu: bool):
-        super().__init__()
-        q, self.w_scale = _int8_weight(conv.weight)
-        self.w_zp = torch.zeros(q.shape[0], dtype=torch.int64)
-        self.geometry = list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups
-        self.packed = torch.ops.onednn.qconv_prepack(q, self.w_scale, x[0], x[1], *self.geometry, None)
-        self.bias = conv.bias.detach().float() if conv.bias is not None else None
-        self.x, self.out, self.attr = x, out, "relu" if relu else "none"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.onednn.qconv_pointwise(x, *self.x, self.packed, self.w_scale, self.w_zp, self.bias,
-                                                *self.geometry, *self.out, torch.uint8, self.attr, [], "")
-
-
-class _QLinear(nn.Module):
-    """uint8 in; uint8 out (`out` given) or fp32 out (the logits)."""
-
-    def __init__(self, linear: nn.Linear, x: tuple[float, int], out: tuple[float, int] | None, relu: bool):
-        super().__init__()
-        q, self.w_scale = _int8_weight(linear.weight)
-        self.w_zp = torch.zeros(q.shape[0], dtype=torch.int64)
-        self.packed = torch.ops.onednn.qlinear_prepack(q, None)
-        self.bias = linear.bias.detach().float() if linear.bias is not None else None
-        self.x, self.attr = x, "relu" if relu else "none"
-        self.out = (*out, torch.uint8) if out else (1.0, 0, torch.float32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.onednn.qlinear_pointwise(x, *self.x, self.packed, self.w_scale, self.w_zp, self.bias,
-                                                  *self.out, self.attr, [], "")
-
-
-class _QMaxPool(nn.Module):
-    """A max pool on uint8, the same qparams in and out (max commutes with the monotone quantization), as
-    SeparableMaxPool2d's row then column maxima; ceil_mode's last, partial windows padded with 0, the least uint8
-    (each keeps at least one real value). torch.max_pool2d refuses plain uint8 tensors (torch 2.14)."""
-
-    def __init__(self, pool: nn.MaxPool2d):
-        super().__init__()
-        self.kernel, self.stride, self.ceil_mode = pool.kernel_size, pool.stride, pool.ceil_mode
-        self.separable = SeparableMaxPool2d(pool.kernel_size, pool.stride)
-
-    @staticmethod
-    def fits(pool: nn.MaxPool2d) -> bool:
-        return (isinstance(pool.kernel_size, int) and isinstance(pool.stride, int) and pool.padding == 0
-                and pool.dilation == 1 and not pool.return_indices)
-
-    def _extra(self, size: int) -> int:
-        """Zeros to add at the end of a side of `size` for ceil_mode (torch's rule: no window starts past it)."""
-        outputs = -(-(size - self.kernel) // self.stride) + 1
-        if (outputs - 1) * self.stride >= size:
-            outputs -= 1
-        return max(0, (outputs - 1) * self.stride + self.kernel - size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ceil_mode:
-            right, bottom = self._extra(x.shape[3]), self._extra(x.shape[2])
-            if right or bottom:
-                x = nn.functional.pad(x, (0, right, 0, bottom))
-        return self.separable(x)
-
-
-class _Float(nn.Module):
-    """A layer with no int8 kernel here (local response norm, a real adaptive average pool, an unusual max pool):
-    dequantize, run in fp32, quantize."""
-
-    def __init__(self, layer: nn.Module, x: tuple[float, int], out: tuple[float, int]):
-        super().__init__()
-        self.layer, self.x, self.out = layer, x, out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _quantize(self.layer(_dequantize(x, *self.x)), *self.out)
-
-
-class _QReLU(nn.Module):
-    def __init__(self, x: tuple[float, int]):
-        super().__init__()
-        self.zero_point = x[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp_min(self.zero_point)
-
-
-class Int8Net(nn.Module):
-    """The int8 network: takes the pipeline's uint8 NCHW batch (channels_last), gives fp32 logits."""
-
-    def __init__(self, steps: list[nn.Module]):
-        super().__init__()
-        self.steps = nn.Sequential(*steps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.uint8:  # raw 0-255 pixels in a float type
-            x = x.round().clamp_(0, 255).to(torch.uint8)
-        return self.steps(x.contiguous(memory_format=torch.channels_last))
-
-
-def _groups(module: nn.Module) -> list[list[nn.Module]]:
-    """The network's layers in order (dropout left out), each convolution or Linear grouped with its ReLU."""
-    if not all(hasattr(module, name) for name in ("features", "avgpool", "classifier")):
-        raise ValueError("int8 needs an alexlabel network: features, avgpool, classifier")
-    groups: list[list[nn.Module]] = []
-    for layer in [*module.features, module.avgpool, nn.Flatten(1), *module.classifier]:
-        if isinstance(layer, nn.Dropout):
-            continue
-        if isinstance(layer, nn.ReLU) and groups and isinstance(groups[-1][-1], (nn.Conv2d, RawPixelConv, nn.Linear)):
-            groups[-1].append(layer)
-        else:
-            groups.append([layer])
-    return groups
-
-
-def calibrate_int8(module: nn.Module, calibration: Iterable[torch.Tensor]) -> dict:
-    """Activation ranges for build_int8: HistogramObserver on the fp32 module's activations (raw 0-255 pixel
-    batches in, NCHW, any dtype) wherever the int8 network quantizes: after each convolution or Linear with its
-    ReLU, after a layer that runs in float. A few numbers per layer: what a checkpoint could store, so that
-    labeling never calibrates. Also each layer's input size (an adaptive pool may be an identity)."""
-    groups = _groups(module.eval())
-    keep = (nn.MaxPool2d, nn.Flatten, nn.ReLU)  # these keep their input's qparams
-    observers = {i: _observer() for i, g in enumerate(groups) if not isinstance(g[0], keep)}
-    sizes: dict[int, tuple[int, ...]] = {}
-    with torch.inference_mode():
-        for x in calibration:
-            x = x.float().contiguous(memory_format=torch.channels_last)
-            for i, group in enumerate(groups):
-                sizes[i] = tuple(x.shape[2:])
-                for layer in group:
-                    x = layer(x)
-                if i in observers:
-                    observers[i](x)
-    return {"qparams": {i: _qparams(o) for i, o in observers.items()}, "sizes": sizes}
-
-
-def build_int8(module: nn.Module, ranges: dict) -> Int8Net:
-    """fp32 labeling module (normalization folded, NOT made lean) + calibrate_int8's ranges -> Int8Net: weights
-    quantized and packed for oneDNN."""
-    groups, qparams, sizes = _groups(module.eval()), ranges["qparams"], ranges["sizes"]
-    last = max(i for i, g in enumerate(groups) if isinstance(g[0], nn.Linear))
-    if last != len(groups) - 1:
-        raise ValueError("int8 needs the network to end with its last Linear")
-    steps, x_q = [], (1.0, 0)  # raw pixels: exactly uint8
-    for i, group in enumerate(groups):
-        layer, relu, out = group[0], len(group) > 1, qparams.get(i)
-        if isinstance(layer, RawPixelConv):
-            steps.append(_Stem(layer, out))
-        elif isinstance(layer, nn.Conv2d):
-            steps.append(_QConv(layer, x_q, out, relu))
-        elif isinstance(layer, nn.Linear):
-            steps.append(_QLinear(layer, x_q, None if i == last else out, relu))
-        elif isinstance(layer, nn.MaxPool2d) and _QMaxPool.fits(layer):
-            steps.append(_QMaxPool(layer))
-        elif isinstance(layer, nn.Flatten):
-            steps.append(layer)
-        elif isinstance(layer, nn.ReLU):
-            steps.append(_QReLU(x_q))
-        elif isinstance(layer, nn.AdaptiveAvgPool2d) and sizes[i] == nn.modules.utils._pair(layer.output_size):
-            continue  # an identity at this input size: keeps its input's qparams
-        else:  # a max pool among them keeps its input's qparams
-            steps.append(_Float(layer, x_q, out or x_q))
-        x_q = out or x_q
-    return Int8Net(steps).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -388,6 +113,14 @@ def build_fx_int8(module: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.
     return convert_fx(prepared).eval()
 
 
+def build_int8_from(module: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
+    """The shipped int8 network (beam_pipeline/int8.py), its ranges fitted as the trainer fits them, here on
+    `calibration`'s raw pixels through the folded module (the same activations as normalized pixels through the
+    unfolded one)."""
+    ranges, _ = activation_ranges(module, (x.float() for x in calibration))
+    return build_int8(module, ranges, module.features[0].crop)
+
+
 def build(flow: str, module: nn.Module, calibration: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """`flow`'s forward from the fp32 labeling module (which it may change): uint8 batch in, logits out. The cast
     each flow needs is part of it, as it is of the pipeline's batch (to_batch(images, device, model.dtype))."""
@@ -398,7 +131,7 @@ def build(flow: str, module: nn.Module, calibration: list[torch.Tensor]) -> Call
         model = lean_for_inference(module).to(memory_format=torch.channels_last).eval()
         return lambda x: model(x.float())
     if flow == "int8":
-        return build_int8(module, calibrate_int8(module, calibration))
+        return build_int8_from(module, calibration)
     if flow == "fx_int8":
         model = build_fx_int8(module, calibration)
         return lambda x: model(x.float())
@@ -413,7 +146,7 @@ def build(flow: str, module: nn.Module, calibration: list[torch.Tensor]) -> Call
 
 def speed_module(checkpoint: str | None) -> tuple[nn.Module, Preprocess]:
     if checkpoint:
-        module, manifest, _ = load_model(checkpoint)
+        module, manifest, *_ = load_model(checkpoint)
         return fold_normalization(module, manifest.preprocess), manifest.preprocess
     torch.manual_seed(0)  # torchvision.models.alexnet(num_classes=1000)'s weights from this seed, as import-weights
     return fold_normalization(AlexNet(num_classes=1000).eval(), SPEED_PRE), SPEED_PRE
@@ -446,10 +179,10 @@ def one_time(flows: list[str], source: nn.Module, calibration: list[torch.Tensor
         module = copy.deepcopy(source)
         cost, t0 = {}, time.perf_counter()
         if flow == "int8":
-            ranges = calibrate_int8(module, calibration)
+            ranges, _ = activation_ranges(module, (x.float() for x in calibration))
             cost["calibrate_s"] = round(time.perf_counter() - t0, 3)
             t0 = time.perf_counter()
-            forward = build_int8(module, ranges)
+            forward = build_int8(module, ranges, module.features[0].crop)
         else:
             forward = build(flow, module, calibration)
         t1 = time.perf_counter()
@@ -551,6 +284,9 @@ def top1(forward: Callable[[torch.Tensor], torch.Tensor], pixels: list[torch.Ten
 
 
 def agreement(flows: list[str], args) -> dict:
+    """Top-1 of each flow against fp32's. int8 is the labeling path's own (load_classifier, the ranges the trainer
+    fitted on training images); other flows that calibrate do so on --calibration training images. Held out: the
+    images outside DATA/train."""
     classifier = load_classifier(args.checkpoint, "cpu", "fp32")
     pre = classifier.manifest.preprocess
     images = decoded(args.data, pre)
@@ -559,13 +295,16 @@ def agreement(flows: list[str], args) -> dict:
     calibration = [stack([pixels[i] for i in chosen[j:j + args.batch]]) for j in range(0, len(chosen), args.batch)]
     fp32 = classifier.module
     reference = top1(lambda x: fp32(x.to(classifier.dtype)), pixels, args.batch)
-    held_out = torch.ones(len(pixels), dtype=torch.bool)
-    held_out[chosen] = False
+    train = os.path.join(args.data, "train") + os.sep
+    held_out = torch.tensor([not path.startswith(train) for path, _ in images])
     result = {"checkpoint": args.checkpoint, "arch": classifier.manifest.arch, "crop": pre.crop,
               "images": len(pixels), "calibration_images": len(chosen), "held_out_images": int(held_out.sum())}
     for flow in flows:
-        module, manifest, _ = load_model(args.checkpoint)
-        forward = build(flow, fold_normalization(module, manifest.preprocess), calibration)
+        if flow == "int8":
+            forward = load_classifier(args.checkpoint, "cpu", "int8").module
+        else:
+            module, manifest, *_ = load_model(args.checkpoint)
+            forward = build(flow, fold_normalization(module, manifest.preprocess), calibration)
         same = top1(forward, pixels, args.batch) == reference
         result[flow] = {"top1_agreement_held_out": round(same[held_out].float().mean().item(), 5),
                         "top1_agreement_all": round(same.float().mean().item(), 5),

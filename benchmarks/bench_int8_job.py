@@ -1,12 +1,9 @@
-"""int8 end to end: the real labeling job with bench_int8.py's int8 model beside today's bf16 one.
+"""int8 end to end: the labeling job with --precision int8 beside --precision auto (bf16 or fp32, this CPU's).
 
 `alexlabel label`'s job runs in this process (DirectRunner, one worker per core, as the command runs it) on 500 and
-2,500 ImageNet-sized JPEGs with the 1000-class torchvision-layout AlexNet (bench_label.py's), once with the model
-as the labeling path loads it (bf16) and once with the model handler handed the int8 network instead (oneDNN's
-int8 ops, calibrated on random pixels: speed does not depend on the ranges). The two take turns for --rounds
-rounds; each flow's rate is the marginal one between the two sizes (its fixed costs cancel), the median of the
-rounds, and the ratio the median of the rounds' ratios. This measures whether `--precision int8` would pay end to
-end, where decoding shares the cores; the flag itself is not shipped (BENCHMARKS.md).
+2,500 ImageNet-sized JPEGs with the 1000-class torchvision-layout AlexNet (bench_label.py's, its int8 ranges fitted
+by import-weights). The two precisions take turns for --rounds rounds; each one's rate is the marginal one between
+the two sizes (its fixed costs cancel), the median of the rounds, and the ratio the median of the rounds' ratios.
 
 Usage: python benchmarks/bench_int8_job.py [--images 500 2500] [--rounds 3] [--workdir bench-out]
 """
@@ -16,34 +13,24 @@ import os
 import shutil
 import statistics
 import time
-from dataclasses import replace
 
-import torch
-from bench_int8 import build, random_batches, speed_module
 from bench_label import make_model
 from make_images import ensure_images
 
-from beam_pipeline import launch, model_handler
+from beam_pipeline import launch
 from beam_pipeline.options import LabelOptions
 
 
-def int8_loader(checkpoint: str):
-    """load_classifier's stand-in: the checkpoint's manifest, with the int8 network taking uint8 batches."""
-    real = model_handler.load_classifier
-    source, pre = speed_module(checkpoint)
-    network = build("int8", source, random_batches(200, 64, pre.crop, seed=1))
-
-    def load(*args, **kwargs):
-        return replace(real(*args, **kwargs), module=network, dtype=torch.uint8)
-    return load
-
-
-def job_seconds(images_dir: str, checkpoint: str, out: str) -> float:
+def job_seconds(images_dir: str, checkpoint: str, out: str, precision: str) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    row = launch.run(LabelOptions(inputs=[f"{images_dir}/*.jpg"], checkpoint=checkpoint, output=out))
+    row = launch.run(LabelOptions(inputs=[f"{images_dir}/*.jpg"], checkpoint=checkpoint, output=out,
+                                  precision=precision))
     assert row["labeled"] == row["matched"], row
     return time.perf_counter() - t0
+
+
+FLOWS = ("auto", "int8")
 
 
 def main():
@@ -56,20 +43,18 @@ def main():
     for directory, n in zip(dirs, args.images, strict=True):
         ensure_images(directory, n)
     _, checkpoint = make_model(args.workdir)
-    loaders = {"bf16": model_handler.load_classifier, "int8": int8_loader(checkpoint)}
     out = os.path.join(args.workdir, "int8-job-out")
-    rates = {flow: [] for flow in loaders}
+    rates = {flow: [] for flow in FLOWS}
     for i in range(args.rounds + 1):  # round 0 warms the files and the kernels, untimed
-        for flow, loader in loaders.items():
-            model_handler.load_classifier = loader
-            small, large = (job_seconds(d, checkpoint, out) for d in dirs)
+        for flow in FLOWS:
+            small, large = (job_seconds(d, checkpoint, out, flow) for d in dirs)
             if i:
                 rates[flow].append((args.images[1] - args.images[0]) / (large - small))
                 print(f"round {i} {flow}: {rates[flow][-1]:.1f} images/s (marginal)", flush=True)
-    ratios = [a / b for a, b in zip(rates["int8"], rates["bf16"], strict=True)]
+    ratios = [a / b for a, b in zip(rates["int8"], rates["auto"], strict=True)]
     report = {flow: {"median": round(statistics.median(r), 1), "range": [round(min(r), 1), round(max(r), 1)]}
               for flow, r in rates.items()}
-    report["int8/bf16"] = {"median": round(statistics.median(ratios), 2),
+    report["int8/auto"] = {"median": round(statistics.median(ratios), 2),
                            "range": [round(min(ratios), 2), round(max(ratios), 2)]}
     print(json.dumps(report, indent=2))
 

@@ -3,7 +3,7 @@
 On the same ImageNet-sized JPEGs (about 500x375) and the same 1000-class torchvision-layout AlexNet at 224 px,
 every labeler runs as a whole process, timed from outside as a user waits for it, on --small and --images
 images:
-  (a) `alexlabel label` on the DirectRunner,
+  (a) `alexlabel label` on the DirectRunner, and (a8) the same with --precision int8,
   (b) reference_beam_example.py: a pipeline written the way Beam's pytorch_image_classification example is,
   (c) reference_torch.py: a plain PyTorch DataLoader loop (2 workers, bf16 autocast, channels_last).
 For each it reports the whole-process rate at --images, and the marginal rate (--images - --small) / (t(--images)
@@ -47,7 +47,8 @@ STARTUP_IMAGES = 10  # (e)'s run
 
 
 def make_model(workdir: str) -> tuple[str, str]:
-    """A seeded 1000-class torchvision AlexNet: the plain state dict, wrapped by `alexlabel import-weights`."""
+    """A seeded 1000-class torchvision AlexNet: the plain state dict, wrapped by `alexlabel import-weights`, its
+    projection and int8 ranges fitted on the 500 generated images (for --embeddings and --precision int8)."""
     state_dict, classes, checkpoint = (os.path.join(workdir, f) for f in ("alexnet_sd.pt", "classes.txt",
                                                                          "alexnet.pt"))
     if not os.path.exists(checkpoint):
@@ -55,8 +56,10 @@ def make_model(workdir: str) -> tuple[str, str]:
         torch.save(torchvision.models.alexnet(num_classes=1000).state_dict(), state_dict)
         with open(classes, "w") as f:
             f.write("".join(f"class_{i:04d}\n" for i in range(1000)))
+        fit_on = os.path.join(workdir, "images-500")
+        ensure_images(fit_on, 500)
         subprocess.run([ALEXLABEL, "import-weights", state_dict, "--arch", "alexnet", "--classes", classes,
-                        "--output", checkpoint], check=True)
+                        "--output", checkpoint, "--fit-on", fit_on], check=True)
     return state_dict, checkpoint
 
 
@@ -169,7 +172,7 @@ def short(d: dict) -> dict:
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
 
 
-LABELERS = ("a_ours", "b_beam_example", "c_torch_loop")
+LABELERS = ("a_ours", "a8_ours_int8", "b_beam_example", "c_torch_loop")
 RATIOS = {  # name: (numerator labeler, its rate), (denominator, its rate)
     "whole a/b": (("a_ours", "whole"), ("b_beam_example", "whole")),
     "whole a/c": (("a_ours", "whole"), ("c_torch_loop", "whole")),
@@ -177,6 +180,7 @@ RATIOS = {  # name: (numerator labeler, its rate), (denominator, its rate)
     "marginal a/c": (("a_ours", "marginal"), ("c_torch_loop", "marginal")),
     "pipeline a/e": (("a_ours", "pipeline"), ("e_bound", "images_per_s")),
     "marginal a/e": (("a_ours", "marginal"), ("e_bound", "images_per_s")),
+    "marginal a8/a": (("a8_ours_int8", "marginal"), ("a_ours", "marginal")),
 }
 TARGETS = {"marginal a/e": 0.95}
 
@@ -238,7 +242,9 @@ def main():
     cores = usable_cores()
     pool = None if args.startup_only else multiprocessing.get_context("spawn").Pool(cores)
     if pool:
-        measures |= {"b_beam_example": lambda n: reference_beam(images[n], state_dict, args.workdir),
+        measures |= {"a8_ours_int8": lambda n: ours(dirs[n], checkpoint, out, [*args.label_args, "--precision",
+                                                                              "int8"]),
+                     "b_beam_example": lambda n: reference_beam(images[n], state_dict, args.workdir),
                      "c_torch_loop": lambda n: reference_torch(dirs[n], state_dict),
                      "d_forward": lambda: forward_only(checkpoint),
                      "decode": lambda: decode_only(images[args.images], checkpoint, pool, cores)}

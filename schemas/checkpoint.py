@@ -5,9 +5,12 @@ always read with `torch.load(..., weights_only=True)`: a checkpoint from a bucke
 and unpickling arbitrary objects would run its code.
 
 A checkpoint may also carry an embedding projection (`label --embeddings`): a PCA of the network's penultimate
-activations, fitted by the trainer on its training set or by `import-weights --fit-pca`. Its two tensors sit in
-the state dict under EMBEDDING_KEYS, so the weights hash (the model version) covers them: embeddings of two
-different projections never share a version. The manifest's `embedding` says how it was fitted.
+activations, fitted by the trainer on its training set or by `import-weights --fit-on` (--fit-pca). Its two
+tensors sit in the state dict under EMBEDDING_KEYS, so the weights hash (the model version) covers them: embeddings
+of two different projections never share a version. The manifest's `embedding` says how it was fitted.
+
+The same holds for the int8 activation ranges (`label --precision int8`), fitted with the projection, on the same
+images: they sit in the state dict under INT8_KEY, and the manifest's `int8` says how they were fitted.
 """
 import hashlib
 import io
@@ -29,6 +32,8 @@ ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes begins (a zip arch
 # What the trainer's resume checkpoint (last.pt) always holds, and an inference checkpoint never does.
 TRAINING_STATE_KEYS = frozenset({"model", "optimizer", "state", "rng"})
 EMBEDDING_KEYS = ("embedding.mean", "embedding.components")  # [F] and [F, D], float32, in the state dict
+# [units, 2] float64: each quantization unit's output (scale, zero point); NaN where a unit keeps its input's.
+INT8_KEY = "int8.activations"
 
 
 class CheckpointError(UserError):
@@ -47,6 +52,7 @@ class Manifest:
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
     embedding: dict = field(default_factory=dict)  # dim, features, fitted_on, explained_variance, source
+    int8: dict = field(default_factory=dict)  # fitted_on, source
 
     @property
     def model_version(self) -> str:
@@ -82,22 +88,29 @@ class Projection:
         return (features - self.mean) @ self.components
 
 
-def split_projection(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Projection | None]:
-    """The network's own weights, and the embedding projection where the checkpoint carries one; ValueError for one
-    that is half there or whose shapes do not fit together."""
-    weights = {k: v for k, v in state_dict.items() if k not in EMBEDDING_KEYS}
+def split_state(state_dict: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, torch.Tensor], Projection | None, torch.Tensor | None]:
+    """The network's own weights, the embedding projection and the int8 ranges, each None where the checkpoint has
+    none; ValueError for a projection that is half there or whose shapes do not fit together, or broken ranges."""
+    weights = {k: v for k, v in state_dict.items() if k not in (*EMBEDDING_KEYS, INT8_KEY)}
+    int8 = state_dict.get(INT8_KEY)
+    if int8 is not None and (int8.dim() != 2 or int8.shape[1] != 2):
+        raise ValueError(f"its int8 ranges are broken ({INT8_KEY} {tuple(int8.shape)})")
     found = [state_dict[k] for k in EMBEDDING_KEYS if k in state_dict]
     if not found:
-        return weights, None
+        return weights, None, int8
     if len(found) < len(EMBEDDING_KEYS) or found[0].dim() != 1 or found[1].dim() != 2 \
             or found[1].shape[0] != found[0].shape[0]:
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in zip(EMBEDDING_KEYS, found, strict=False))
         raise ValueError(f"its embedding projection is broken ({shapes})")
-    return weights, Projection(*found)
+    return weights, Projection(*found), int8
 
 
-def with_projection(state_dict: dict[str, torch.Tensor], projection: Projection) -> dict[str, torch.Tensor]:
-    return {**state_dict, **dict(zip(EMBEDDING_KEYS, (projection.mean, projection.components), strict=True))}
+def with_fitted(weights: dict[str, torch.Tensor], projection: Projection | None,
+                int8: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The network's weights with what was fitted for them, as the state dict a checkpoint stores."""
+    fitted = dict(zip(EMBEDDING_KEYS, (projection.mean, projection.components), strict=True)) if projection else {}
+    return {**weights, **fitted, **({INT8_KEY: int8} if int8 is not None else {})}
 
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:

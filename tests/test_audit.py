@@ -236,10 +236,10 @@ def test_embeddings_need_a_checkpoint_with_a_projection(checkpoint, tmp_path, ca
     file; nothing is written."""
     from dataclasses import replace
 
-    from schemas.checkpoint import load_checkpoint, save_checkpoint, split_projection
+    from schemas.checkpoint import load_checkpoint, save_checkpoint, split_state
 
     state_dict, manifest = load_checkpoint(checkpoint)
-    weights, projection = split_projection(state_dict)
+    weights, projection, _ = split_state(state_dict)
     if case == "broken":  # a mean that does not fit the network's penultimate layer
         weights = {**weights, "embedding.mean": projection.mean[:-1],
                    "embedding.components": projection.components[:-1]}

@@ -62,7 +62,7 @@ def test_load_model_takes_the_load_started_ahead_and_its_error(checkpoint, tmp_p
     real = models._load_model
     monkeypatch.setattr(models, "_load_model", lambda url: loads.append(url) or real(url))
     models.load_model_ahead(checkpoint)
-    module, manifest, _ = models.load_model(checkpoint)
+    module, manifest, _, _ = models.load_model(checkpoint)
     assert loads == [checkpoint] and manifest.arch == "alexnet_small" and not module.training
     models.load_model(checkpoint)  # only the next load takes it
     assert loads == [checkpoint, checkpoint]

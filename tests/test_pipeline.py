@@ -84,7 +84,7 @@ def test_broken_files_land_in_errors_with_stage_and_message(labeled, checkpoint)
 
 def test_label_rows_hold_calibrated_top_k_from_the_checkpoint(labeled, checkpoint):
     out, row = labeled
-    module, manifest, _ = load_model(checkpoint)
+    module, manifest, _, _ = load_model(checkpoint)
     for r in read_table(out, "labels"):
         with open(r["uri"], "rb") as f:
             data = f.read()

@@ -10,7 +10,7 @@ from commands import invoke, one_line_error
 
 from common.errors import UserError
 from common.storage import IMAGE_EXTENSIONS, read_bytes
-from schemas.checkpoint import EMBEDDING_KEYS, load_checkpoint, split_projection, weights_sha256
+from schemas.checkpoint import EMBEDDING_KEYS, load_checkpoint, split_state, weights_sha256
 from schemas.transform import eval_tensor_from_bytes
 from trainer.embedding import WHITEN_FLOOR, fit_projection, principal_components
 from trainer.models import build_model, features_and_logits, load_model
@@ -66,7 +66,7 @@ def training_images(sample_dir: str) -> list[str]:
 
 
 def test_fitting_skips_unreadable_images_and_samples_a_capped_set_by_seed(checkpoint, sample_dir, tmp_path):
-    module, manifest, _ = load_model(checkpoint)
+    module, manifest, _, _ = load_model(checkpoint)
     images = training_images(sample_dir)
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     _, info = fit_projection(module, [*images, str(tmp_path / "broken.jpg")], manifest.preprocess, 8, source="here")
@@ -82,7 +82,7 @@ def test_fitting_skips_unreadable_images_and_samples_a_capped_set_by_seed(checkp
 
 def embeddings(checkpoint: str, images: list[str]) -> torch.Tensor:
     """What `label --embeddings` computes: the checkpoint's projection of the penultimate activations."""
-    module, manifest, projection = load_model(checkpoint)
+    module, manifest, projection, _ = load_model(checkpoint)
     pre = manifest.preprocess
     x = pre.normalize(torch.stack([eval_tensor_from_bytes(read_bytes(uri), pre)[0] for uri in images]))
     with torch.inference_mode():
@@ -90,7 +90,7 @@ def embeddings(checkpoint: str, images: list[str]) -> torch.Tensor:
 
 
 def test_the_trained_checkpoint_carries_a_projection_of_its_training_set(checkpoint, sample_dir):
-    _, manifest, projection = load_model(checkpoint)
+    _, manifest, projection, _ = load_model(checkpoint)
     assert manifest.embedding == {"dim": 31, "features": 128, "fitted_on": 32, "explained_variance": 1.0,
                                   "source": "training set"}  # 32 images span 31 dimensions
     assert projection.mean.shape == (128,) and projection.components.shape == (128, 31)
@@ -130,9 +130,10 @@ def test_train_writes_the_projection_into_model_pt_and_its_best_epoch_twin(sampl
     plain, plain_manifest = load_checkpoint(str(tmp_path / "none" / "model.pt"))
     assert plain_manifest.embedding == {} and load_model(str(tmp_path / "none" / "model.pt"))[2] is None
     # the same training, so the same network: only the projection tells the two versions apart
-    weights, projection = split_projection(load_checkpoint(str(tmp_path / "pca" / "model.pt"))[0])
+    weights, projection, _ = split_state(load_checkpoint(str(tmp_path / "pca" / "model.pt"))[0])
+    plain = split_state(plain)[0]
     assert plain.keys() == weights.keys() and all(torch.equal(plain[k], weights[k]) for k in plain)
-    assert weights_sha256(weights) == plain_manifest.weights_sha256 != manifest.weights_sha256
+    assert plain_manifest.weights_sha256 != manifest.weights_sha256
 
 
 def test_a_negative_embedding_dim_is_one_line_before_any_work(tmp_path):
@@ -162,12 +163,13 @@ def test_import_weights_fits_the_projection_on_a_folder(small_weights, sample_di
     bucket = os.path.join(sample_dir, "bucket")  # 12 images and 4 broken files
     result = import_weights(small_weights, tmp_path / "pca.pt", "--fit-pca", bucket, "--embedding-dim", "6")
     assert result.exit_code == 0, result.output
-    module, manifest, projection = load_model(str(tmp_path / "pca.pt"))
+    module, manifest, projection, int8 = load_model(str(tmp_path / "pca.pt"))
     assert manifest.embedding | {"explained_variance": 0} == {"dim": 6, "features": 1024, "fitted_on": 12,
                                                               "explained_variance": 0, "source": bucket}
     assert projection.components.shape == (1024, 6)
+    assert manifest.int8 == {"fitted_on": 12, "source": bucket} and int8 is not None  # for --precision int8 too
     assert (f"embedding projection of 6 dimensions fitted on 12 images "
-            f"({manifest.embedding['explained_variance']:.1%} of the variance), model_version "
+            f"({manifest.embedding['explained_variance']:.1%} of the variance), int8 ranges on 12, model_version "
             f"{manifest.model_version}") in result.output
     images = sorted(glob.glob(os.path.join(bucket, "img_*.jpg")))
     assert embeddings(str(tmp_path / "pca.pt"), images).shape == (12, 6)
@@ -176,17 +178,17 @@ def test_import_weights_fits_the_projection_on_a_folder(small_weights, sample_di
     assert result.exit_code == 0, result.output
     plain, plain_manifest = load_checkpoint(str(tmp_path / "plain.pt"))
     assert plain_manifest.embedding == {} and not set(EMBEDDING_KEYS) & plain.keys()
-    weights, _ = split_projection(load_checkpoint(str(tmp_path / "pca.pt"))[0])
+    weights, _, _ = split_state(load_checkpoint(str(tmp_path / "pca.pt"))[0])
     assert weights_sha256(weights) == plain_manifest.weights_sha256 != manifest.weights_sha256
 
 
 def test_import_weights_on_a_folder_without_images_is_one_line(small_weights, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    result = import_weights(small_weights, tmp_path / "model.pt", "--fit-pca", tmp_path / "empty")
-    assert one_line_error(result) == (f"Error: --fit-pca {tmp_path}/empty holds no images "
+    result = import_weights(small_weights, tmp_path / "model.pt", "--fit-on", tmp_path / "empty")
+    assert one_line_error(result) == (f"Error: --fit-on {tmp_path}/empty holds no images "
                                       f"({', '.join(IMAGE_EXTENSIONS)}); give a folder of images like those you "
                                       "will label")
     assert not (tmp_path / "model.pt").exists()
     assert one_line_error(import_weights(small_weights, tmp_path / "model.pt", "--embedding-dim", "8")) == (
-        "Error: --embedding-dim sizes the projection that --fit-pca fits; give --fit-pca FOLDER too")
+        "Error: --embedding-dim sizes the projection that --fit-on fits; give --fit-on FOLDER too")

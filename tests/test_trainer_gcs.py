@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from alexlabel.cli import main
-from schemas.checkpoint import load_checkpoint, split_projection
+from schemas.checkpoint import load_checkpoint, split_state
 from trainer.config import TrainConfig
 from trainer.train import train
 
@@ -48,4 +48,4 @@ def test_train_on_gs_stop_resume_and_load_the_model_from_gs(gcs, sample_dir, tmp
     local = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(on_gs[k], local[k]) for k in local)
     assert manifest.model_version == load_checkpoint(str(tmp_path / "model.pt"))[1].model_version
-    assert split_projection(state_dict)[0].keys() == local.keys()  # the network's weights, and its projection
+    assert split_state(state_dict)[0].keys() == local.keys()  # the network's weights, and its projection

@@ -47,7 +47,7 @@ def test_import_wraps_the_weights_with_imagenet_preprocessing(weights, tmp_path)
     assert all(torch.equal(loaded[k], state_dict[k]) for k in state_dict)
     assert manifest.model_version in result.output
 
-    module, _, _ = load_model(str(out))  # what the pipeline does with it
+    module, _, _, _ = load_model(str(out))  # what the pipeline does with it
     reference = torchvision.models.alexnet(num_classes=len(CLASSES)).eval()
     reference.load_state_dict(state_dict)
     x = torch.randn(2, 3, 224, 224)

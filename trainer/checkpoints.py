@@ -1,6 +1,6 @@
 """What a training run writes and reads back under --output: model.pt and the best epochs (inference
-checkpoints, calibrated), model.pt's embedding projection, last.pt (the whole training state, for an exact
---resume), and their clean-up."""
+checkpoints, calibrated), model.pt's embedding projection and int8 ranges, last.pt (the whole training state, for
+an exact --resume), and their clean-up."""
 import io
 import json
 import random
@@ -14,12 +14,13 @@ import torchvision
 
 from common.errors import UserError, first_line
 from common.storage import atomic_write_bytes, read_bytes
-from schemas.checkpoint import Manifest, load_checkpoint, save_checkpoint, split_projection, with_projection
+from schemas.checkpoint import Manifest, Projection, load_checkpoint, save_checkpoint, split_state, with_fitted
 from schemas.shards import ShardSet
 from trainer import distributed
 from trainer.calibrate import expected_calibration_error, fit_temperature
 from trainer.distributed import World
 from trainer.embedding import fit_projection
+from trainer.int8_ranges import fit_int8_ranges
 from trainer.models import build_model
 
 
@@ -47,16 +48,33 @@ def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list
     return save_checkpoint(first, state_dict, manifest, also=others)
 
 
-def add_projection(url: str, images: list[str] | ShardSet, dim: int, source: str, also: Sequence[str] = (),
-                   **fit_options) -> Manifest:
-    """Rewrite the checkpoint at `url` (and its copies `also`) with an embedding projection fitted for its own
-    weights on `images`; returns the new manifest. Read back from the file, not taken from the training loop,
+def add_fitted(url: str, images: list[str] | ShardSet, dim: int, source: str, also: Sequence[str] = (),
+               **fit_options) -> Manifest:
+    """Rewrite the checkpoint at `url` (and its copies `also`) with what `fitted` fits for its own weights on
+    `images` and it lacks; returns the new manifest. Read back from the file, not taken from the training loop,
     whose model has moved on since its best epoch (or, on --resume, never held it)."""
-    weights, manifest = load_checkpoint(url)
-    weights, _ = split_projection(weights)
+    state_dict, manifest = load_checkpoint(url)
+    weights, projection, int8 = split_state(state_dict)
     module = build_model(manifest.arch, len(manifest.class_names), weights, **manifest.arch_kwargs)
-    projection, info = fit_projection(module, images, manifest.preprocess, dim, source=source, **fit_options)
-    return save_checkpoint(url, with_projection(weights, projection), replace(manifest, embedding=info), also=also)
+    state_dict, manifest = fitted(module, manifest, images, dim, source, projection, int8, **fit_options)
+    return save_checkpoint(url, state_dict, manifest, also=also)
+
+
+def fitted(module: torch.nn.Module, manifest: Manifest, images: list[str] | ShardSet, dim: int, source: str,
+           projection: Projection | None = None, int8: torch.Tensor | None = None, *, device: torch.device,
+           amp_dtype: torch.dtype | None = None, batch_size: int = 128, workers: int = 0,
+           seed: int = 0) -> tuple[dict[str, torch.Tensor], Manifest]:
+    """The state dict and manifest of `module` with what labeling uses fitted on `images` where not given: the
+    embedding projection (with dim > 0), and the int8 ranges."""
+    weights = module.state_dict()
+    options = {"source": source, "device": device, "batch_size": batch_size, "workers": workers, "seed": seed}
+    if dim and projection is None:
+        projection, info = fit_projection(module, images, manifest.preprocess, dim, amp_dtype=amp_dtype, **options)
+        manifest = replace(manifest, embedding=info)
+    if int8 is None:
+        int8, info = fit_int8_ranges(module, images, manifest.preprocess, **options)
+        manifest = replace(manifest, int8=info)
+    return with_fitted(weights, projection, int8), manifest
 
 
 def twins(output: str, kept: list, manifest: Manifest) -> list[str]:

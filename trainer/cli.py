@@ -131,24 +131,26 @@ def train_command(width, dropout, nproc, **kw):
 @click.option("--resize", type=int, default=IMAGENET_EVAL.resize, show_default=True, help="Eval resize of the "
               "shorter side.")
 @click.option("--crop", type=int, default=IMAGENET_EVAL.crop, show_default=True, help="Eval center crop.")
-@click.option("--fit-pca", metavar="FOLDER", default="", help="Fit the embedding projection (for `label "
-              "--embeddings`) on the images anywhere under this folder or bucket URL, e.g. a sample of those you "
-              f"will label; at most {MAX_IMAGES} of them are used.")
-@click.option("--embedding-dim", type=click.IntRange(min=1), help=f"With --fit-pca: the embedding's dimensions "
+@click.option("--fit-on", "--fit-pca", "fit_on", metavar="FOLDER", default="", help="Fit the embedding projection "
+              "(for `label --embeddings`) and the int8 ranges (for `label --precision int8`) on the images anywhere "
+              "under this folder or bucket URL, e.g. a sample of those you will label; at most "
+              f"{MAX_IMAGES} of them are used. --fit-pca is its older name.")
+@click.option("--embedding-dim", type=click.IntRange(min=1), help=f"With --fit-on: the embedding's dimensions "
               f"[default: {DIM}].")
-def import_weights_command(state_dict, arch, classes_file, output, resize, crop, fit_pca, embedding_dim):
+def import_weights_command(state_dict, arch, classes_file, output, resize, crop, fit_on, embedding_dim):
     """Wrap a state dict file (e.g. torchvision's ImageNet AlexNet weights) into a checkpoint to label with."""
     check_output_file(output, "--output")
-    if embedding_dim and not fit_pca:
-        raise UserError("--embedding-dim sizes the projection that --fit-pca fits; give --fit-pca FOLDER too")
+    if embedding_dim and not fit_on:
+        raise UserError("--embedding-dim sizes the projection that --fit-on fits; give --fit-on FOLDER too")
     try:
         preprocess = replace(IMAGENET_EVAL, resize=resize, crop=crop)
     except ValueError as e:
         raise UserError(str(e)) from None
-    manifest = import_weights(state_dict, arch, classes_file, output, preprocess, fit_pca, embedding_dim or DIM)
+    manifest = import_weights(state_dict, arch, classes_file, output, preprocess, fit_on, embedding_dim or DIM)
     e = manifest.embedding
     fitted = (f"embedding projection of {e['dim']} dimensions fitted on {e['fitted_on']} images "
-              f"({e['explained_variance']:.1%} of the variance), " if e else "")
+              f"({e['explained_variance']:.1%} of the variance), int8 ranges on {manifest.int8['fitted_on']}, "
+              if e else "")
     click.echo(f"wrote {output}: {arch}, {len(manifest.class_names)} classes, temperature 1.0 (uncalibrated), "
                f"{fitted}model_version {manifest.model_version}")
 
@@ -168,7 +170,7 @@ def evaluate_command(checkpoint, data, json_out, device, batch_size, workers, te
     if json_out:
         check_output_file(json_out, "--json")
     torch_device = pick_device(device)
-    module, manifest, _ = load_model(announced_checkpoint_file(checkpoint))
+    module, manifest, *_ = load_model(announced_checkpoint_file(checkpoint))
     module = module.to(torch_device, memory_format=torch.channels_last)
     _, images = image_set(data, manifest.class_names, "the model")
     if not isinstance(images, ShardSet) and (differences := class_differences(class_folders(data),

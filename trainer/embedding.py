@@ -32,12 +32,18 @@ def fit_projection(module: torch.nn.Module, images: list[str] | ShardSet, prepro
     """The projection of `module`'s penultimate activations on (at most max_images of) `images`, and how it was
     fitted, for Manifest.embedding. Unreadable images are skipped; `module` is moved to `device`, in eval mode.
     Of shards, the first max_images are taken: they were shuffled when written."""
-    samples = images if isinstance(images, ShardSet) else [(uri, 0) for uri in sample(images, max_images, seed)]
-    loader = eval_batches(samples, preprocess, batch_size, workers, limit=max_images)
+    loader = fitting_batches(images, preprocess, batch_size, workers, max_images, seed)
     module = module.to(device, memory_format=torch.channels_last).eval()
     with torch.inference_mode():
         projection, info = principal_components(activations(module, loader, preprocess, device, amp_dtype), dim)
     return projection, {**info, "source": source}
+
+
+def fitting_batches(images: list[str] | ShardSet, preprocess: Preprocess, batch_size: int, workers: int,
+                    max_images: int, seed: int) -> torch.utils.data.DataLoader:
+    """Eval-transform batches of at most max_images of `images`: a seeded sample of files, the first of shards."""
+    samples = images if isinstance(images, ShardSet) else [(uri, 0) for uri in sample(images, max_images, seed)]
+    return eval_batches(samples, preprocess, batch_size, workers, limit=max_images)
 
 
 def sample(images: list[str], k: int, seed: int) -> list[str]:

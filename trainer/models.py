@@ -11,12 +11,13 @@ gives the penultimate activations that embeddings are projected from. The labeli
 and nothing else from the trainer.
 """
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from common.errors import first_line
-from schemas.checkpoint import CheckpointError, Manifest, Projection, load_checkpoint, split_projection
+from schemas.checkpoint import CheckpointError, Manifest, Projection, load_checkpoint, split_state
 
 
 def _lrn() -> nn.LocalResponseNorm:
@@ -129,24 +130,34 @@ def load_model_ahead(checkpoint: str) -> None:
     pool.shutdown(wait=False)
 
 
-def load_model(checkpoint: str) -> tuple[nn.Module, Manifest, Projection | None]:
-    """The network a checkpoint holds, in eval mode on the CPU, its manifest and its embedding projection (None
-    without one); CheckpointError says why not. Waits for a load load_model_ahead started, if one did."""
+class LoadedModel(NamedTuple):
+    module: nn.Module  # in eval mode, on the CPU
+    manifest: Manifest
+    projection: Projection | None  # the embedding projection; None: the checkpoint has none
+    int8: torch.Tensor | None  # the int8 activation ranges (schemas.checkpoint.INT8_KEY); None: none
+
+
+def load_model(checkpoint: str) -> LoadedModel:
+    """The network a checkpoint holds, with what was fitted for it; CheckpointError says why not. Waits for a load
+    load_model_ahead started, if one did."""
     future = _ahead.pop(checkpoint, None)
     return future.result() if future else _load_model(checkpoint)
 
 
-def _load_model(checkpoint: str) -> tuple[nn.Module, Manifest, Projection | None]:
+def _load_model(checkpoint: str) -> LoadedModel:
     state_dict, manifest = load_checkpoint(checkpoint)
     try:
-        weights, projection = split_projection(state_dict)
+        weights, projection, int8 = split_state(state_dict)
         module = build_model(manifest.arch, len(manifest.class_names), weights, **manifest.arch_kwargs)
         if projection is not None and projection.mean.shape[0] != module.classifier[-1].in_features:
             raise ValueError(f"its embedding projection reads {projection.mean.shape[0]} activations, the network "
                              f"has {module.classifier[-1].in_features}")
+        if int8 is not None and len(int8) != len(quantization_units(module)):
+            raise ValueError(f"its int8 ranges are for {len(int8)} layers, the network has "
+                             f"{len(quantization_units(module))}")
     except ValueError as e:
         raise CheckpointError(f"checkpoint {checkpoint}: {e}; re-export it") from None
-    return module.eval(), manifest, projection
+    return LoadedModel(module.eval(), manifest, projection, int8)
 
 
 def features_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,3 +166,25 @@ def features_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     labeling threads share would hand one thread's activations to another."""
     penultimate = module.classifier[:-1](torch.flatten(module.avgpool(module.features(x)), 1))
     return penultimate, module.classifier[-1](penultimate)
+
+
+def quantization_units(module: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The network's layers in forward order as (part, layers) units, part one of features, avgpool, classifier:
+    each layer with weights together with the ReLU after it, every other layer alone, dropout left out. An int8
+    network quantizes after each unit (beam_pipeline/int8.py), where its calibration observes (trainer/int8_ranges.py);
+    both walk the network by this one list, so their units match."""
+    units: list[tuple[str, list[nn.Module]]] = []
+    for part in ("features", "avgpool", "classifier"):
+        layers = getattr(module, part)
+        for layer in layers if isinstance(layers, nn.Sequential) else [layers]:
+            if isinstance(layer, nn.Dropout):
+                continue
+            if isinstance(layer, nn.ReLU) and units and units[-1][0] == part and _has_weights(units[-1][1][-1]):
+                units[-1][1].append(layer)
+            else:
+                units.append((part, [layer]))
+    return units
+
+
+def _has_weights(layer: nn.Module) -> bool:
+    return next(layer.parameters(), None) is not None

@@ -6,7 +6,7 @@ Writes under OUTPUT:
 - last.pt: the full training state (weights, optimizer, schedules, AMP scaler, RNGs, position in the
   epoch) at each epoch end and every save_every_steps batches; --resume continues from it exactly;
 - model.pt: the best epoch by val top-1, as an inference checkpoint (schemas.checkpoint), calibrated, with
-  the embedding projection fitted on the training set once the run ends;
+  the embedding projection and int8 ranges fitted on the training set once the run ends;
 - best-epochNNN-top1-X.XXX.pt: the keep_best best epochs, in the same format;
 - metrics.jsonl: one row per epoch.
 Every file is written atomically (common.storage), so a crash leaves the previous version readable; what
@@ -39,7 +39,7 @@ from schemas.transform import Preprocess
 from trainer import distributed
 from trainer.calibrate import calibration_warning
 from trainer.checkpoints import (
-    add_projection,
+    add_fitted,
     clear_previous_run,
     export,
     rank_best,
@@ -182,7 +182,7 @@ def run(cfg: TrainConfig, world: World, device: torch.device) -> Manifest | None
                 say(f"stopped after epoch {epoch + 1}; continue with --resume")
                 break
     if state["best_top1"] >= 0 and world.main:
-        best = with_embedding(t, state, best or load_checkpoint(f"{cfg.output}/model.pt")[1])
+        best = fit_for_labeling(t, state, best or load_checkpoint(f"{cfg.output}/model.pt")[1])
     if best and (miscalibrated := calibration_warning(best.temperature, best.metrics)):
         warn(miscalibrated)
     return best
@@ -392,29 +392,34 @@ def save_epoch_end(t: Training, state: dict, dropped: list[str]) -> None:
         atomic_write_bytes(f"{t.cfg.output}/metrics.jsonl", metrics_lines.encode())
 
 
-def with_embedding(t: Training, state: dict, best: Manifest) -> Manifest:
-    """model.pt (best's) with the embedding projection fitted for its weights on the training set.
+def fit_for_labeling(t: Training, state: dict, best: Manifest) -> Manifest:
+    """model.pt (best's) with the embedding projection and the int8 ranges fitted for its weights on the training
+    set.
 
     Once, after the loop, for the model the run leaves: not at every epoch that improves. Rank 0 alone fits, after
     the last collective step, so the other processes are free to leave. model.pt's twin among the kept best-epoch
-    files gets the same bytes, so the two keep one model version. A model.pt that has a projection already (a
-    resumed run that did not improve on it) keeps it. One that cannot be fitted (a diverged network) is a warning:
-    the trained model is written all the same.
+    files gets the same bytes, so the two keep one model version. What model.pt has already (a resumed run that
+    did not improve on it) it keeps. What cannot be fitted (a diverged network) is a warning: the trained model is
+    written all the same.
     """
-    if not t.cfg.embedding_dim or best.embedding:
+    if (best.embedding or not t.cfg.embedding_dim) and best.int8:
         return best
     t0 = time.perf_counter()
     try:
-        best = add_projection(f"{t.cfg.output}/model.pt", uris(t.train_images), t.cfg.embedding_dim,
-                              "training set", twins(t.cfg.output, state["kept"], best), device=t.device,
-                              amp_dtype=t.dtype, batch_size=t.cfg.batch_size, workers=t.cfg.workers, seed=t.cfg.seed)
+        fitted = add_fitted(f"{t.cfg.output}/model.pt", uris(t.train_images), t.cfg.embedding_dim, "training set",
+                            twins(t.cfg.output, state["kept"], best), device=t.device, amp_dtype=t.dtype,
+                            batch_size=t.cfg.batch_size, workers=t.cfg.workers, seed=t.cfg.seed)
     except UserError as e:
-        warn(f"model.pt has no embedding projection for `label --embeddings`: {e}")
+        warn(f"model.pt has no embedding projection for `label --embeddings` nor int8 ranges for `label "
+             f"--precision int8`: {e}")
         return best
-    e = best.embedding
-    print(f"fitted the embedding projection on {e['fitted_on']} training images: {e['dim']} of {e['features']} "
-          f"dimensions keep {e['explained_variance']:.1%} of the variance ({time.perf_counter() - t0:.1f} s)")
-    return best
+    if (e := fitted.embedding) and not best.embedding:
+        print(f"fitted the embedding projection on {e['fitted_on']} training images: {e['dim']} of {e['features']} "
+              f"dimensions keep {e['explained_variance']:.1%} of the variance")
+    if not best.int8:
+        print(f"fitted the int8 ranges on {fitted.int8['fitted_on']} training images "
+              f"({time.perf_counter() - t0:.1f} s in all)")
+    return fitted
 
 
 def uris(images: Images) -> list[str] | ShardSet:

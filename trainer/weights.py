@@ -1,6 +1,6 @@
-"""Wrap a plain state dict, such as torchvision's published ImageNet AlexNet weights, into a checkpoint, with an
-embedding projection fitted on a folder of images if asked (`--fit-pca`): imported weights have no training set
-of ours to fit it on."""
+"""Wrap a plain state dict, such as torchvision's published ImageNet AlexNet weights, into a checkpoint, with the
+embedding projection and the int8 ranges fitted on a folder of images if asked (`--fit-on`): imported weights have
+no training set of ours to fit them on."""
 import hashlib
 import io
 import pickle
@@ -14,9 +14,10 @@ import torchvision
 from common.devices import pick_device
 from common.errors import UserError
 from common.storage import IMAGE_EXTENSIONS, as_url, has_extension, read_bytes
-from schemas.checkpoint import Manifest, Projection, save_checkpoint, with_projection
+from schemas.checkpoint import Manifest, save_checkpoint
 from schemas.transform import Preprocess
-from trainer.embedding import DIM, fit_projection
+from trainer.checkpoints import fitted
+from trainer.embedding import DIM
 from trainer.models import build_model
 
 IMAGENET_EVAL = Preprocess(resize=256, crop=224)  # torchvision's AlexNet recipe: bilinear, ImageNet mean/std
@@ -61,27 +62,18 @@ def folder_images(url: str) -> list[str]:
     fs, root = fsspec.core.url_to_fs(url)
     images = [as_url(fs, path) for path in sorted(fs.find(root)) if has_extension(path)]
     if not images:
-        raise UserError(f"--fit-pca {url} holds no images ({', '.join(IMAGE_EXTENSIONS)}); give a folder of images "
+        raise UserError(f"--fit-on {url} holds no images ({', '.join(IMAGE_EXTENSIONS)}); give a folder of images "
                         "like those you will label")
     return images
 
 
-def fit_on_folder(model: torch.nn.Module, images: list[str], folder: str, preprocess: Preprocess,
-                  dim: int) -> tuple[Projection, dict]:
-    """The embedding projection of imported weights, on this machine's fastest device (bf16 on CUDA, as `label`
-    runs there)."""
-    device = pick_device("auto")
-    return fit_projection(model, images, preprocess, dim, source=folder, device=device, workers=2,
-                          amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
-
-
 def import_weights(state_dict_url: str, arch: str, classes_url: str, output: str,
-                   preprocess: Preprocess = IMAGENET_EVAL, fit_pca: str = "", embedding_dim: int = DIM) -> Manifest:
+                   preprocess: Preprocess = IMAGENET_EVAL, fit_on: str = "", embedding_dim: int = DIM) -> Manifest:
     """Check the weights fit `arch` with the listed classes, then write them as a checkpoint at `output`, with
-    an embedding projection fitted on the images under `fit_pca` if given (listed first: an empty folder is
-    found before any work)."""
+    the embedding projection and the int8 ranges fitted on the images under `fit_on` if given (listed first: an
+    empty folder is found before any work)."""
     class_names = read_class_names(classes_url)
-    images = folder_images(fit_pca) if fit_pca else []
+    images = folder_images(fit_on) if fit_on else []
     state_dict, source_sha256 = read_state_dict(state_dict_url)
     with torch.device("meta"):  # only the parameter names and shapes, nothing allocated
         head = [k for k in build_model(arch, len(class_names)).state_dict() if k.endswith(".weight")][-1]
@@ -92,13 +84,14 @@ def import_weights(state_dict_url: str, arch: str, classes_url: str, output: str
         model = build_model(arch, len(class_names), state_dict)
     except ValueError as e:
         raise UserError(f"state dict {state_dict_url}: {e}") from None
-    weights, embedding = model.state_dict(), {}
-    if fit_pca:
-        projection, embedding = fit_on_folder(model, images, fit_pca, preprocess, embedding_dim)
-        weights = with_projection(weights, projection)
     manifest = Manifest(
-        arch=arch, class_names=class_names, preprocess=preprocess, temperature=1.0, embedding=embedding,
+        arch=arch, class_names=class_names, preprocess=preprocess, temperature=1.0,
         provenance={"imported_from": state_dict_url, "source_sha256": source_sha256, "classes_file": classes_url,
                     "torch": torch.__version__, "torchvision": torchvision.__version__,
                     "created_at": datetime.now(UTC).isoformat()})
+    weights = model.state_dict()
+    if fit_on:  # on this machine's fastest device (bf16 on CUDA, as `label` runs there)
+        device = pick_device("auto")
+        weights, manifest = fitted(model, manifest, images, embedding_dim, fit_on, device=device, workers=2,
+                                   amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
     return save_checkpoint(output, weights, manifest)
