@@ -3,9 +3,10 @@
 The handler holds only the checkpoint URL and settings (it is pickled to workers); each worker loads
 the weights with weights_only=True, builds the architecture named in the manifest, and folds the
 manifest's normalization into the first convolution, so a batch goes in as raw pixels with one cast.
-Softmax uses the checkpoint's calibrated temperature. With embeddings asked for, the same forward pass also
-gives the penultimate activations, which the checkpoint's projection turns into embeddings: one matrix
-multiply per batch, on the model's device.
+With --precision int8 the network is beam_pipeline/int8.py's instead, built from the same folded module and the
+ranges the checkpoint carries, and the batch goes in as uint8. Softmax uses the checkpoint's calibrated
+temperature. With embeddings asked for, the same forward pass also gives the penultimate activations, which the
+checkpoint's projection turns into embeddings: one matrix multiply per batch, on the model's device.
 """
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ class Classifier:
     module: torch.nn.Module
     manifest: Manifest
     device: torch.device
-    dtype: torch.dtype  # of the weights and the input batches
+    dtype: torch.dtype  # of the weights and the input batches (uint8: the int8 network's input)
     projection: Projection | None  # on `device`, float32; None: the checkpoint carries none
 
 
