@@ -72,7 +72,10 @@ def test_two_processes_train_like_one_on_the_same_global_batches(sample_dir, tmp
     torch.manual_seed(0)
     start = build_model("alexnet_small", 8, width=8, dropout=0.0).state_dict()
     assert max((ddp[k] - start[k]).abs().max() for k in ddp) > 0.01  # they did move
-    assert max((ddp[k] - one[k]).abs().max() for k in ddp) < 1e-4
+    # Up to float rounding, which AdamW turns into up to a step's size where a gradient is near zero: 2e-4 was seen
+    # on an AVX2 CPU after a full suite changed the threads' reduction order. Wrong averaging or wrong batches
+    # differ by about as much as the weights moved (> 0.01).
+    assert max((ddp[k] - one[k]).abs().max() for k in ddp) < 1e-3
 
     # Rank 1 validated its half of the val set with its own replica, and the logits were gathered: the
     # val loss it helped compute matches rank 0's final weights on the whole set only if both are equal.
