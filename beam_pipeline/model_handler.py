@@ -16,6 +16,7 @@ import torch
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.decode import ImageFile, decode_batch
+from beam_pipeline.fingerprint import fingerprints
 from beam_pipeline.heap import trim_heap
 from beam_pipeline.inference import ModelHandler, PredictionResult
 from beam_pipeline.int8 import build_int8
@@ -196,16 +197,18 @@ class AlexNetModelHandler(ModelHandler[ImageFile, PredictionResult, Classifier])
             if self._embeddings:
                 features, logits = features_and_logits(model.module, x)
                 embeddings = half_rows(model.projection(features.float()))
+                prints = half_rows(fingerprints(x))
             else:
                 logits, embeddings = model.module(x), [None] * len(good)
+                prints = embeddings
             probs = (logits.float() / model.manifest.temperature).softmax(dim=1)
         confidences, indices = probs.topk(min(self._top_k, probs.shape[1]), dim=1)
         confidences, indices = confidences.cpu().tolist(), indices.cpu().tolist()
         full = half_rows(probs) if self._probabilities else [None] * len(good)
         trim_heap()  # this batch's activations are free now: keep memory flat over long runs
         names = model.manifest.class_names
-        for i, idx, conf, emb, prob in zip(good, indices, confidences, embeddings, full, strict=True):
-            outcomes[i] = Prediction(idx, conf, [names[c] for c in idx], emb, prob)
+        for i, idx, conf, emb, fp, prob in zip(good, indices, confidences, embeddings, prints, full, strict=True):
+            outcomes[i] = Prediction(idx, conf, [names[c] for c in idx], emb, fp, prob)
         return outcomes
 
     def get_num_bytes(self, batch: Sequence[ImageFile]) -> int:

@@ -28,7 +28,8 @@ from beam_pipeline.write import WriteTable
 from schemas.checkpoint import Manifest
 
 ERRORS_TAG = "errors"
-VECTOR_TABLES = {"embeddings": "embedding", "probabilities": "probabilities"}  # table -> its Prediction field
+# table -> its vector columns, Prediction fields of the same names; a row is written where the first is there.
+VECTOR_TABLES = {"embeddings": ("embedding", "fingerprint"), "probabilities": ("probabilities",)}
 
 
 def to_rows(result, run_id: str, accept_threshold: float):
@@ -39,9 +40,10 @@ def to_rows(result, run_id: str, accept_threshold: float):
         yield beam.pvalue.TaggedOutput(ERRORS_TAG, error_row(image, outcome, version, run_id))
         return
     yield label_row(image, outcome, version, run_id, accept_threshold)
-    for table, column in VECTOR_TABLES.items():
-        if (values := getattr(outcome, column)) is not None:
-            yield beam.pvalue.TaggedOutput(table, vector_row(image, column, values, version, run_id))
+    for table, columns in VECTOR_TABLES.items():
+        if getattr(outcome, columns[0]) is not None:
+            vectors = {column: getattr(outcome, column) for column in columns}
+            yield beam.pvalue.TaggedOutput(table, vector_row(image, vectors, version, run_id))
 
 
 def failed_batch_rows(failure, model_version: str, run_id: str):

@@ -1,12 +1,12 @@
 """Every output row is built here, from what the job learned of each input: adding a column touches its
 schema in schemas/tables.py and this module only.
 
-    labels         label_row(image, prediction, ...)          a file the model labeled
-    embeddings     vector_row(image, "embedding", ...)        its embedding (label --embeddings)
-    probabilities  vector_row(image, "probabilities", ...)    its whole softmax (label --probabilities)
-    errors         error_row(image, failure, ...)             a file that failed to read, decode or go through the model
-    runs           run_row(opts, ...)                         one per run (a slice, a sliced job), from the
-                                                              launcher's accounting
+    labels         label_row(image, prediction, ...)      a file the model labeled
+    embeddings     vector_row(image, {embedding, ...})    its embedding and pixel fingerprint (label --embeddings)
+    probabilities  vector_row(image, {probabilities})     its whole softmax (label --probabilities)
+    errors         error_row(image, failure, ...)         a file that failed to read, decode or go through the model
+    runs           run_row(opts, ...)                     one per run (a slice, a sliced job), from the launcher's
+                                                          accounting
 
 Each row carries the model version of the model that handled it, which changes mid-job when a streaming
 job swaps one in (--watch-model). Error messages are redacted here, as URIs are once PrepareImage has read
@@ -54,6 +54,7 @@ class Prediction:
     confidences: list[float]
     labels: list[str]
     embedding: np.ndarray | None = None      # float16 [D], with --embeddings
+    fingerprint: np.ndarray | None = None    # float16 [fingerprint.DIM], with --embeddings
     probabilities: np.ndarray | None = None  # float16 [classes], with --probabilities
 
 
@@ -72,10 +73,10 @@ def label_row(image: ImageFile, prediction: Prediction, model_version: str, run_
             "run_id": run_id, "labeled_at": datetime.now(UTC)}
 
 
-def vector_row(image: ImageFile, column: str, values: np.ndarray, model_version: str, run_id: str) -> dict:
-    """An embeddings or probabilities row: `column` is its table's vector column; joined to the labels row on
+def vector_row(image: ImageFile, vectors: dict[str, np.ndarray], model_version: str, run_id: str) -> dict:
+    """An embeddings or probabilities row: `vectors` are its table's vector columns; joined to the labels row on
     (uri, model_version, run_id)."""
-    return {"uri": image.uri, "content_sha256": image.content_sha256, column: values, "model_version": model_version,
+    return {"uri": image.uri, "content_sha256": image.content_sha256, **vectors, "model_version": model_version,
             "run_id": run_id}
 
 

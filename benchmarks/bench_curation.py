@@ -15,8 +15,9 @@ nothing; it runs the real commands (subprocesses) and scores what they wrote.
 4. Near-duplicates, pair level: a pair is found when the audit puts both images in one near_duplicate or
    exact_duplicate group. Recall and precision over the pairs of the truth sets, recall per transformation
    (original-copy pairs), exact copies found; then the same over thresholds 0.80-0.99 (and 0.995, 0.999) from
-   the embeddings table itself (exact cosine similarities of all pairs): pairs at or above the threshold, and the
-   audit's sets (connected components of those pairs). Pairs that touch a junk image are scored apart: junk is
+   the embeddings table itself (exact cosine similarities of all pairs), for the embeddings, for the pixel
+   fingerprints, and for both as the audit pairs them: pairs at or above the threshold, and the audit's sets
+   (connected components of those pairs). Pairs that touch a junk image are scored apart: junk is
    no copy. First a check that byte-identical images got the same embedding (else the table is not to be trusted).
 5. Label errors: the label_error rows against the flipped set, and the precision-recall curve of the ranking
    the audit scores them by: cleanlab.rank.get_label_quality_scores (self_confidence) on the probabilities
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +54,7 @@ from scipy.sparse.csgraph import connected_components
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexlabel.sample_data import CLASSES, SIZES, background, jpeg_bytes, near_copies, sample_image  # noqa: E402
-from output_tools.neighbors import DEFAULT_THRESHOLD  # noqa: E402
+from output_tools.neighbors import DEFAULT_THRESHOLD, FINGERPRINT_THRESHOLD  # noqa: E402
 from schemas.checkpoint import load_checkpoint  # noqa: E402
 
 ALEXLABEL = os.path.join(os.path.dirname(sys.executable), "alexlabel")
@@ -155,9 +157,21 @@ def error_counts(out: str) -> dict[str, int]:
     return counts
 
 
-def matrix(lists: pa.ChunkedArray) -> np.ndarray:
-    lists = lists.combine_chunks()
-    return pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(lists), -1)
+def in_record_order(records: list[dict], at: dict[str, int], rows: pa.Table, column: str) -> np.ndarray:
+    """A vector column as float32 [len(records), D], each row at its record's index."""
+    lists = rows[column].combine_chunks()
+    if lists.null_count:
+        sys.exit(f"{lists.null_count} rows have no {column}: label again with this version of alexlabel")
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(lists), -1)
+    out = np.zeros((len(records), values.shape[1]), np.float32)
+    out[[at[u] for u in rows["uri"].to_pylist()]] = values
+    return out
+
+
+def all_pairs(vectors: np.ndarray) -> np.ndarray:
+    """The exact cosine similarities of all pairs; a zero vector is similar to nothing (0), as in the audit."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
 
 
 # ---------------------------------------------------------------- scoring helpers
@@ -201,8 +215,9 @@ def pairs_within(members: dict[int, list[int]], n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- 4. near-duplicates
 
-def near_duplicates(records: list[dict], at: dict[str, int], emb: np.ndarray, sims: np.ndarray,
+def near_duplicates(records: list[dict], at: dict[str, int], signals: dict[str, np.ndarray],
                     issues: list[dict]) -> None:
+    """signals: "embedding" and "fingerprint" -> the exact cosine similarities of all pairs."""
     n = len(records)
     kind = np.array([r["kind"] for r in records])
     group = np.array([r["set"] for r in records])
@@ -239,8 +254,8 @@ def near_duplicates(records: list[dict], at: dict[str, int], emb: np.ndarray, si
         rows.append([f"original-{k}" if k != "copy-copy" else k, int(sel.sum()), int(hit[sel].sum()),
                      ratio(int(hit[sel].sum()), int(sel.sum()))])
     table(["truth pairs", "pairs", "found", "recall"], rows,
-          f"near-duplicates at the default threshold {DEFAULT_THRESHOLD} (audit groups: near_duplicate + "
-          "exact_duplicate), recall by pair kind")
+          f"near-duplicates at the default thresholds (embeddings {DEFAULT_THRESHOLD}, fingerprints "
+          f"{FINGERPRINT_THRESHOLD}; audit groups: near_duplicate + exact_duplicate), recall by pair kind")
     exact_truth = pair_keys(ta[tkind == "exact"], tb[tkind == "exact"], n)
     exact_found = np.isin(exact_truth, pairs_within(found["exact_duplicate"], n)).sum()
     wrong = real_pred[~np.isin(real_pred, truth)]
@@ -259,44 +274,70 @@ def near_duplicates(records: list[dict], at: dict[str, int], emb: np.ndarray, si
     ], "near-duplicates at the default threshold: the targets")
     if len(wrong):
         show = [[records[k // n]["uri"].rsplit("/", 1)[1], records[k % n]["uri"].rsplit("/", 1)[1],
-                 float(cosine(emb, k // n, k % n))] for k in wrong[:8]]
-        table(["wrong pair", "", "cosine"], show, f"some of the {len(wrong)} wrong pairs")
+                 *(float(sims[k // n, k % n]) for sims in signals.values())] for k in wrong[:8]]
+        table(["wrong pair", "", *signals], show, f"some of the {len(wrong)} wrong pairs, their cosines")
 
-    # The same from the embeddings themselves, all pairs exactly, over thresholds.
+    # The same from the vectors themselves, all pairs exactly, over thresholds.
+    truth_pairs = TruthPairs(ta, tb, tkind, truth, junk)
+    thresholds = {"embedding": DEFAULT_THRESHOLD, "fingerprint": FINGERPRINT_THRESHOLD}
+    for signal, sims in signals.items():
+        similarities(records, truth_pairs, signal, sims, thresholds[signal])
+        sweep(truth_pairs, signal, lambda t, sims=sims: sims >= t)
+    at_default = signals["embedding"] >= DEFAULT_THRESHOLD
+    sweep(truth_pairs, f"embeddings at {DEFAULT_THRESHOLD} or fingerprints at the threshold (as the audit)",
+          lambda t: at_default | (signals["fingerprint"] >= t))
+
+
+@dataclass
+class TruthPairs:
+    a: np.ndarray      # the pairs of the truth sets, a < b
+    b: np.ndarray
+    kind: np.ndarray   # original-<copy kind> by the copy's kind, "exact" or "copy-copy"
+    keys: np.ndarray   # pair_keys(a, b, n)
+    junk: np.ndarray   # bool [n]: the image is junk
+
+
+def similarities(records: list[dict], truth: TruthPairs, signal: str, sims: np.ndarray, threshold: float) -> None:
+    """The cosine similarities of the truth pairs by kind, and of distinct images (junk left out)."""
+    n = len(records)
     iu = np.triu_indices(n, 1)
-    upper = sims[iu]
-    real_pair = ~(junk[iu[0]] | junk[iu[1]])
-    real_sorted = np.sort(upper[real_pair])
-    truth_sims = sims[ta, tb]
+    real_pair = ~(truth.junk[iu[0]] | truth.junk[iu[1]])
     a, b = iu[0][real_pair], iu[1][real_pair]
-    negative = ~np.isin(pair_keys(a, b, n), truth)
+    upper = sims[a, b]
+    negative = ~np.isin(pair_keys(a, b, n), truth.keys)
     same_class = np.array([r["label"] for r in records], object)
     same_class = same_class[a] == same_class[b]
-    distinct = [("distinct images, same class", upper[real_pair][negative & same_class]),
-                ("distinct images, other class", upper[real_pair][negative & ~same_class])]
-    table(["pairs", "count", "min", "p5", "median", "p95", "max", f">= {DEFAULT_THRESHOLD}"],
-          [[f"original-{k}" if k != "copy-copy" else k, int((tkind == k).sum()),
-            *quantiles(truth_sims[tkind == k])] for k in (*COPY_KINDS, "exact", "copy-copy")]
-          + [[name, len(x), *quantiles(x)] for name, x in distinct],
-          "cosine similarity of the truth pairs and of distinct images, from the embeddings table (exact, all pairs; "
-          "junk left out)")
+    distinct = [("distinct images, same class", upper[negative & same_class]),
+                ("distinct images, other class", upper[negative & ~same_class])]
+    truth_sims = sims[truth.a, truth.b]
+    table(["pairs", "count", "min", "p5", "median", "p95", "max", f">= {threshold}"],
+          [[f"original-{k}" if k != "copy-copy" else k, int((truth.kind == k).sum()),
+            *quantiles(truth_sims[truth.kind == k], threshold)] for k in (*COPY_KINDS, "exact", "copy-copy")]
+          + [[name, len(x), *quantiles(x, threshold)] for name, x in distinct],
+          f"{signal}s: cosine similarity of the truth pairs and of distinct images (exact, all pairs; junk left out)")
+
+
+def sweep(truth: TruthPairs, what: str, close) -> None:
+    """Precision and recall over THRESHOLDS of the pairs `close(threshold)` (bool [n, n]) finds, and of the sets
+    they join into (connected components, as the audit groups them), with the sets' recall per transformation."""
+    n = len(truth.junk)
+    real = ~(truth.junk[:, None] | truth.junk[None])
     rows = []
     for t in THRESHOLDS:
-        pairs_p = ratio(int((truth_sims >= t).sum()), len(real_sorted) - int(np.searchsorted(real_sorted, t)))
-        pairs_r = ratio(int((truth_sims >= t).sum()), len(truth))
-        comp = components(sims, t)
-        same = comp[ta] == comp[tb]
-        counts = np.bincount(comp[~junk])
-        sets_p, sets_r = ratio(int(same.sum()), int((counts * (counts - 1) // 2).sum())), ratio(int(same.sum()),
-                                                                                                len(truth))
-        per_kind = [ratio(int(same[tkind == k].sum()), int((tkind == k).sum())) for k in COPY_KINDS]
+        pairs = np.triu(close(t), 1)
+        found_truth = int(pairs[truth.a, truth.b].sum())
+        pairs_p, pairs_r = ratio(found_truth, int((pairs & real).sum())), ratio(found_truth, len(truth.keys))
+        comp = components(pairs, n)
+        same = comp[truth.a] == comp[truth.b]
+        counts = np.bincount(comp[~truth.junk])
+        sets_p = ratio(int(same.sum()), int((counts * (counts - 1) // 2).sum()))
+        sets_r = ratio(int(same.sum()), len(truth.keys))
+        per_kind = [ratio(int(same[truth.kind == k].sum()), int((truth.kind == k).sum())) for k in COPY_KINDS]
         name = f"{t:.3f}" if t > 0.99 else f"{t:.2f}"
         rows.append([name, pairs_p, pairs_r, f1(pairs_p, pairs_r), sets_p, sets_r, f1(sets_p, sets_r),
                      *per_kind])
     table(["threshold", "pairs P", "pairs R", "pairs F1", "sets P", "sets R", "sets F1",
-           *[f"R {k}" for k in COPY_KINDS]], rows,
-          "precision (P) and recall (R) over thresholds, from the embeddings: pairs at or above the threshold, and "
-          "sets (their connected components, as the audit groups), with the sets' recall per transformation")
+           *[f"R {k}" for k in COPY_KINDS]], rows, f"precision (P) and recall (R) over thresholds, {what}")
     best = max(rows, key=lambda r: (np.nan_to_num(r[6], nan=-1), r[0]))
     best_pairs = max(rows, key=lambda r: (np.nan_to_num(r[3], nan=-1), r[0]))
     meets = [r[0] for r in rows if r[4] >= TARGET_DUP_PRECISION and r[5] >= TARGET_DUP_RECALL]
@@ -324,20 +365,20 @@ def cosine(emb: np.ndarray, i: int, j: int) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
-def quantiles(x: np.ndarray) -> list:
-    """min, p5, median, p95, max, and the share at or above the default threshold."""
+def quantiles(x: np.ndarray, threshold: float) -> list:
+    """min, p5, median, p95, max, and the share at or above the threshold."""
     if not len(x):
         return [float("nan")] * 6
-    return [*(float(v) for v in np.percentile(x, [0, 5, 50, 95, 100])), f"{(x >= DEFAULT_THRESHOLD).mean():.1%}"]
+    return [*(float(v) for v in np.percentile(x, [0, 5, 50, 95, 100])), f"{(x >= threshold).mean():.1%}"]
 
 
 def f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else float("nan")
 
 
-def components(sims: np.ndarray, threshold: float) -> np.ndarray:
-    a, b = np.nonzero(np.triu(sims >= threshold, 1))
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=sims.shape)
+def components(pairs: np.ndarray, n: int) -> np.ndarray:
+    a, b = np.nonzero(pairs)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
 
 
@@ -485,12 +526,8 @@ def measure(args, work: str) -> None:
         errors = [f"{k}: {v} images" for k, v in error_counts(out).items()]
         sys.exit(f"{len(missing)} images have no label row, e.g. {sorted(missing)[:2]}; the errors table says:\n  "
                  + "\n  ".join(errors or ["nothing"]) + "\n(infer errors from a shared model: try --workers 1)")
-    e = matrix(emb_table["embedding"])
-    emb = np.zeros((len(records), e.shape[1]), np.float32)
-    emb[[at[u] for u in emb_table["uri"].to_pylist()]] = e
-    p = matrix(prob_table["probabilities"])
-    probs = np.zeros((len(records), p.shape[1]), np.float32)
-    probs[[at[u] for u in prob_table["uri"].to_pylist()]] = p
+    emb, prints = (in_record_order(records, at, emb_table, column) for column in ("embedding", "fingerprint"))
+    probs = in_record_order(records, at, prob_table, "probabilities")
     names = {}
     for idx, lab in zip(pc.list_flatten(labels["topk_indices"]).to_pylist(),
                         pc.list_flatten(labels["topk_labels"]).to_pylist(), strict=True):
@@ -498,11 +535,10 @@ def measure(args, work: str) -> None:
     class_names = [names.get(i, "") for i in range(probs.shape[1])]
 
     check_embeddings(records, emb)
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    sims = unit @ unit.T  # exact cosine similarities of all pairs
-    near_duplicates(records, at, emb, sims, issues)
+    signals = {"embedding": all_pairs(emb), "fingerprint": all_pairs(prints)}
+    near_duplicates(records, at, signals, issues)
     label_errors(records, at, flipped, probs, class_names, issues)
-    outliers(records, sims, issues)
+    outliers(records, signals["embedding"], issues)
     print(f"\nbench-curation done in {time.perf_counter() - t0:.0f} s ({len(records)} images, embedding dim "
           f"{emb.shape[1]}, checkpoint {args.checkpoint})")
 

@@ -1,7 +1,8 @@
 """`alexlabel audit OUT`: what is wrong with a labeled image set, as an `issues` table (schemas/tables.py ISSUES).
 
     exact_duplicate  the same bytes (content_sha256) under different uris
-    near_duplicate   embeddings closer than a cosine threshold, grouped into sets (neighbors.py, faiss)
+    near_duplicate   embeddings or pixel fingerprints closer than a cosine threshold, grouped into sets
+                     (neighbors.py, faiss)
     outlier          images far from all their nearest neighbours (neighbors.py)
     label_error      given labels the model's probabilities contradict, by confident learning (cleanlab)
     low_confidence   the model's own uncertainty: its margin over the runner-up, with the entropy beside it
@@ -43,6 +44,7 @@ class Images:
     model_version: str
     rows: pa.Table                              # COLUMNS
     embeddings: np.ndarray                      # [N, D] float16
+    fingerprints: np.ndarray | None = None      # [N, fingerprint.DIM] float16, where every row has one
     probabilities: np.ndarray | None = None     # [N, classes] float16, where every row has them
     class_names: list[str] = field(default_factory=list)
     stamp: dict = field(default_factory=dict)   # what every issue row of this audit carries: version, id, time
@@ -58,7 +60,8 @@ class Audit:
 
 
 def run_audit(output: str, labels: str | None = None, model: str | None = None,
-              threshold: float = neighbors.DEFAULT_THRESHOLD, max_margin: float = LOW_MARGIN) -> Audit:
+              threshold: float = neighbors.DEFAULT_THRESHOLD, max_margin: float = LOW_MARGIN,
+              fingerprint_threshold: float = neighbors.FINGERPRINT_THRESHOLD) -> Audit:
     """Find every issue in the newest label rows of one model version and write them as one issues file."""
     con = connect(output, model)
     images, notes = load_images(con, output), []
@@ -71,7 +74,14 @@ def run_audit(output: str, labels: str | None = None, model: str | None = None,
                      "again with --embeddings --skip-existing")
     issues = exact_duplicates(images)
     sims, ids = neighbors.nearest(images.embeddings)
-    issues += near_duplicates(images, sims, ids, threshold, first_group=group_count(issues))
+    passes = {"embedding": (sims, ids, threshold)}
+    if images.fingerprints is not None:
+        passes["fingerprint"] = (*neighbors.nearest(images.fingerprints), fingerprint_threshold)
+    else:
+        notes.append("near-duplicates by embedding only: some rows have no pixel fingerprint (labeled before "
+                     "fingerprints were stored); label them again with --embeddings to find flipped and cropped "
+                     "copies too")
+    issues += near_duplicates(images, passes, first_group=group_count(issues))
     issues += outliers(images, sims)
     if labels:
         issues += label_errors(con, images, labels, notes)
@@ -90,8 +100,8 @@ def load_images(con: duckdb.DuckDBPyConnection, output: str) -> Images:
     if len(versions) > 1:
         raise AuditError(f"{output} holds embeddings of {len(versions)} model versions ({', '.join(versions)}), "
                          "which are not comparable; pick one with --model")
-    reader = con.sql(f"SELECT {COLUMNS}, embedding, probabilities FROM vectors").to_arrow_reader(65536)
-    parts, vectors = [], {"embedding": [], "probabilities": []}
+    reader = con.sql(f"SELECT {COLUMNS}, embedding, fingerprint, probabilities FROM vectors").to_arrow_reader(65536)
+    parts, vectors = [], {"embedding": [], "fingerprint": [], "probabilities": []}
     for batch in reader:  # float16 batch by batch: the float32 lists DuckDB hands over never exist all at once
         parts.append(batch.select(COLUMNS.split(", ")))
         for column, blocks in vectors.items():
@@ -103,8 +113,9 @@ def load_images(con: duckdb.DuckDBPyConnection, output: str) -> Images:
                 vectors[column] = None  # some rows have none: not used at all
     order = pc.sort_indices(rows := pa.Table.from_batches(parts), [("uri", "ascending")])
     rows, order = rows.take(order), order.to_numpy()
-    embeddings, probabilities = (np.concatenate(blocks)[order] if blocks else None for blocks in vectors.values())
-    return Images(versions[0], rows, embeddings, probabilities)
+    embeddings, fingerprints, probabilities = (np.concatenate(blocks)[order] if blocks else None
+                                               for blocks in vectors.values())
+    return Images(versions[0], rows, embeddings, fingerprints, probabilities)
 
 
 def model_classes(con: duckdb.DuckDBPyConnection, images: Images, notes: list[str]) -> list[str]:
@@ -147,20 +158,30 @@ def exact_duplicates(images: Images) -> list[dict]:
             for i in np.flatnonzero(counts[inverse] > 1)]
 
 
-def near_duplicates(images: Images, sims: np.ndarray, ids: np.ndarray, threshold: float,
+def near_duplicates(images: Images, passes: dict[str, tuple[np.ndarray, np.ndarray, float]],
                     first_group: int) -> list[dict]:
-    """Sets of images whose embeddings are within `threshold` cosine similarity, joined transitively. A set whose
-    members all have the same bytes is an exact duplicate only, and is not repeated here."""
-    group = neighbors.groups(sims, ids, threshold)
+    """Sets of images that some pass (name -> its neighbours' sims, ids and threshold) finds at or above its
+    threshold, joined transitively across passes. A set whose members all have the same bytes is an exact
+    duplicate only, and is not repeated here. Each row names its closest partner, and the passes that paired it."""
+    pairs = [neighbors.close_pairs(*found) for found in passes.values()]
+    group = neighbors.components(images.rows.num_rows, np.concatenate([a for a, _, _ in pairs]),
+                                 np.concatenate([b for _, b, _ in pairs]))
     hashes = images.rows["content_sha256"].to_numpy(zero_copy_only=False)
     members: dict[int, list[int]] = {}
     for i in np.flatnonzero(group >= 0):
         members.setdefault(int(group[i]), []).append(int(i))
     sets = [m for m in members.values() if len({hashes[i] for i in m}) > 1]
-    similarity, partner = neighbors.closest_partners(sims, ids, threshold)
+    partners = {name: neighbors.closest_partners(*found) for name, found in passes.items()}
     uris = images.rows["uri"]
-    return [issue_row(images, i, "near_duplicate", similarity[i], g, similarity=float(similarity[i]),
-                      nearest=uris[int(partner[i])].as_py(), size=len(members_of))
+
+    def row(i: int, g: int, size: int) -> dict:
+        by = {name: (float(similarity[i]), int(partner[i])) for name, (similarity, partner) in partners.items()
+              if partner[i] >= 0}
+        best, at = max(by.values())  # every member of a set is in a pair of some pass
+        return issue_row(images, i, "near_duplicate", best, g, similarity=best, nearest=uris[at].as_py(),
+                         by=sorted(by), size=size)
+
+    return [row(i, g, len(members_of))
             for g, members_of in enumerate(sorted(sets, key=min), start=first_group) for i in members_of]
 
 

@@ -180,20 +180,24 @@ def import_reviews_command(output, source):
                    "manifest, an ImageFolder tree DIR/<class>/<files>, or `reviews` (what people said).")
 @click.option("--model", help="The model version whose embeddings to audit (required when the output holds several).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
-              help="Cosine similarity at or above which two images are near-duplicates.  [default: "
-                   "the measured one, see README]")
+              help="Cosine similarity of embeddings at or above which two images are near-duplicates.  "
+                   "[default: the measured one, see README]")
+@click.option("--fingerprint-threshold", type=click.FloatRange(0, 1), default=None,
+              help="The same for the pixel fingerprints, which find mirrored and cropped copies that a model's "
+                   "features may not.  [default: the measured one, see README]")
 @click.option("--max-margin", type=click.FloatRange(0, 1), default=None,
               help="low_confidence: the top label at most this far above the runner-up.  [default: 0.1]")
-def audit_command(output, labels, model, threshold, max_margin):
+def audit_command(output, labels, model, threshold, fingerprint_threshold, max_margin):
     """Find duplicates, near-duplicates, outliers, likely label errors and low confidence; write the issues table.
 
     Reads the embeddings that `alexlabel label --embeddings` wrote (one model version), and writes
     OUTPUT/issues/model=<version>/<audit_id>.parquet; `alexlabel report` shows the latest audit."""
     from output_tools.audit import LOW_MARGIN, run_audit, summary
-    from output_tools.neighbors import DEFAULT_THRESHOLD
+    from output_tools.neighbors import DEFAULT_THRESHOLD, FINGERPRINT_THRESHOLD
 
     audit = run_audit(output, labels, model, DEFAULT_THRESHOLD if threshold is None else threshold,
-                      LOW_MARGIN if max_margin is None else max_margin)
+                      LOW_MARGIN if max_margin is None else max_margin,
+                      FINGERPRINT_THRESHOLD if fingerprint_threshold is None else fingerprint_threshold)
     click.echo(summary(audit))
 
 

@@ -22,6 +22,10 @@ DEFAULT_K = 10  # neighbours per image: what cleanlab's Datalab uses for its kNN
 # there; 0.94 lets in 0.3% false ones, 0.96 misses 17% of the copies. To be re-tuned on real embeddings with the
 # same sweep (bench_audit.py prints it) over pairs people have checked.
 DEFAULT_THRESHOLD = 0.95
+# The same for the pixel fingerprints (beam_pipeline/fingerprint.py), placed with bench_curation.py's near copies:
+# there their copies sat at 0.98-1.0 (5th percentiles 0.94-1.0, the 90% crops lowest) and distinct images at most at
+# 0.94.
+FINGERPRINT_THRESHOLD = 0.95
 EXACT_MAX = 20_000  # brute force up to here (N^2: ~5 s on 2 cores at 20k, ~5 hours at 1M); above it IVF
 BATCH = 16_384  # vectors converted to float32 at a time: 8 MB a batch at D = 128
 NPROBE = 8  # IVF cells searched per query (see `approximate`)
@@ -39,7 +43,7 @@ def nearest(vectors: np.ndarray, k: int = DEFAULT_K, *, exact: bool | None = Non
     bytes); at 1M x 128 the whole pass peaked at 961 MB RSS and took 87 s on 2 cores (bench_audit.py).
     """
     vectors = np.asarray(vectors)
-    n, d = vectors.shape
+    n, d = len(vectors), simd_width(vectors.shape[1])
     if n == 0:
         return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
     faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
@@ -51,16 +55,16 @@ def nearest(vectors: np.ndarray, k: int = DEFAULT_K, *, exact: bool | None = Non
     if exact:
         index = faiss.IndexFlatIP(d)
         for lo in progress(n, batch, "indexing"):
-            index.add(unit(vectors[lo:lo + batch]))
+            index.add(unit(vectors[lo:lo + batch], d))
         for lo in progress(n, batch, "neighbours"):
             rows = np.arange(lo, min(lo + batch, n))
-            sims[rows], ids[rows] = drop_self(*index.search(unit(vectors[rows]), want), rows, k)
+            sims[rows], ids[rows] = drop_self(*index.search(unit(vectors[rows], d), want), rows, k)
         return sims, ids
     index, cells, cell_sims = approximate(vectors, nlist or default_nlist(n), nprobe, batch)
     order = np.argsort(cells[:, 0], kind="stable")  # queries by cell: each batch rereads the same few lists
     for lo in progress(n, batch, "neighbours"):
         rows = order[lo:lo + batch]
-        found = index.search_preassigned(unit(vectors[rows]), want, cells[rows], cell_sims[rows])
+        found = index.search_preassigned(unit(vectors[rows], d), want, cells[rows], cell_sims[rows])
         sims[rows], ids[rows] = drop_self(*found, rows, k)
     return sims, ids
 
@@ -84,7 +88,7 @@ def approximate(vectors: np.ndarray, nlist: int, nprobe: int, batch: int):
     - Not HNSW (HNSW32, efConstruction 40): its build alone took 136 s, its search 91-141 s (efSearch 16-32)
       and it found only 0.82-0.85 of the exact top 10, 0.85 of the pairs >= 0.95, in 3x the memory.
     """
-    n, d = vectors.shape
+    n, d = len(vectors), simd_width(vectors.shape[1])
     index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_fp16,
                                           faiss.METRIC_INNER_PRODUCT)
     index.by_residual = False  # codes of the unit vectors themselves: fp16 of a float16 vector is lossless enough
@@ -92,12 +96,12 @@ def approximate(vectors: np.ndarray, nlist: int, nprobe: int, batch: int):
     nprobe = index.nprobe = min(nprobe, nlist)
     sample = np.sort(np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False))
     with tqdm(total=1, desc=f"training {nlist} cells", disable=not sys.stderr.isatty()) as bar:
-        index.train(unit(vectors[sample]))
+        index.train(unit(vectors[sample], d))
         bar.update()
     cells = np.empty((n, nprobe), np.int64)
     cell_sims = np.empty((n, nprobe), np.float32)
     for lo in progress(n, batch, "indexing"):
-        x = unit(vectors[lo:lo + batch])
+        x = unit(vectors[lo:lo + batch], d)
         cell_sims[lo:lo + batch], cells[lo:lo + batch] = index.quantizer.search(x, nprobe)
         add_preassigned(index, x, np.ascontiguousarray(cells[lo:lo + batch, 0]))  # ids follow: lo, lo + 1, ...
     return index, cells, cell_sims
@@ -110,9 +114,18 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(2 ** round(np.log2(2 * np.sqrt(n))), n // 40)))
 
 
-def unit(block: np.ndarray) -> np.ndarray:
-    """A float32 copy of the rows, each scaled to length 1; zero and non-finite rows become zeros."""
-    x = np.array(block, dtype=np.float32)
+def simd_width(d: int) -> int:
+    """d rounded up to a multiple of 8: faiss's scalar-quantizer scan runs its SIMD kernels only then, and fell back
+    to one 4.5x slower for the 105 values of a fingerprint (70 s against 15 s at 200k). Zero columns leave every
+    cosine as it was."""
+    return -(-d // 8) * 8
+
+
+def unit(block: np.ndarray, width: int | None = None) -> np.ndarray:
+    """A float32 copy of the rows, each scaled to length 1, with zero columns up to `width`; zero and non-finite rows
+    become zeros."""
+    x = np.zeros((len(block), width or block.shape[1]), np.float32)
+    x[:, :block.shape[1]] = block
     x[~np.isfinite(x).all(axis=1)] = 0
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     np.divide(x, norms, out=x, where=norms > 0)
@@ -169,8 +182,11 @@ def groups(sims: np.ndarray, ids: np.ndarray, threshold: float = DEFAULT_THRESHO
     threshold still join through it), and a set larger than k + 1 is still found through chains of neighbours;
     the price is that a chain of close images can join two that are not alike.
     """
-    n = len(ids)
-    rows, cols, _ = close_pairs(sims, ids, threshold)
+    return components(len(ids), *close_pairs(sims, ids, threshold)[:2])
+
+
+def components(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """`groups` of the pairs (rows[j], cols[j]) among n vectors, from whichever passes found them."""
     graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n)).tocsr()
     _, component = connected_components(graph, directed=True, connection="weak")
     members = np.unique(np.concatenate([rows, cols]))  # ascending

@@ -88,6 +88,7 @@ EMBEDDINGS = pa.schema([
     pa.field("embedding", pa.list_(pa.float16()), nullable=False),
     pa.field("model_version", pa.string(), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
+    pa.field("fingerprint", pa.list_(pa.float16())),  # beam_pipeline/fingerprint.py; null in older outputs
 ])
 
 PROBABILITIES = pa.schema([
@@ -115,7 +116,7 @@ ISSUES = pa.schema([
 
 # Columns a table gained after outputs had been written without them, last in its schema: readers take them as
 # null from older files (schemas/views.py), so an output written before them still reads.
-ADDED_COLUMNS = {"runs": ["job_id"]}
+ADDED_COLUMNS = {"runs": ["job_id"], "embeddings": ["fingerprint"]}
 
 TABLES = {"labels": LABELS, "errors": ERRORS, "runs": RUNS, "reviews": REVIEWS, "embeddings": EMBEDDINGS,
           "probabilities": PROBABILITIES, "issues": ISSUES}

@@ -44,7 +44,7 @@ REVIEWED = """SELECT * FROM (SELECT * FROM reviews
                                          ORDER BY reviewed_at DESC, session_id DESC) = 1"""
 LATEST = """SELECT * FROM labels
             QUALIFY row_number() OVER (PARTITION BY uri, model_version ORDER BY labeled_at DESC, run_id DESC) = 1"""
-VECTORS = """SELECT a.*, e.embedding, p.probabilities
+VECTORS = """SELECT a.*, e.embedding, e.fingerprint, p.probabilities
              FROM analyzed a JOIN embeddings e USING (uri, model_version, run_id)
                              LEFT JOIN probabilities p USING (uri, model_version, run_id)"""
 # A sliced job has its slices' rows and its own (RUNS in schemas/tables.py): the slices go where their job's row is
