@@ -10,8 +10,8 @@
     analyzed, failed       what the analyses read: `latest` and `latest_errors`, or `labels` and `errors`
                            when asked for all rows
     reviewed               the latest human decision per (uri, model_version), undone ones left out
-    vectors                the analyzed label rows with their embedding (and probabilities, null where
-                           the run stored none): `label --embeddings` / `--probabilities`
+    vectors                the analyzed label rows with their embedding and fingerprint (and probabilities,
+                           null where the run stored none): `label --embeddings` / `--probabilities`
     latest_audits          each model version's latest `alexlabel audit` (model_version, audit_id), also one
                            that found nothing: from the issues files' names, one file per audit
     latest_issues          the rows of those audits
