@@ -196,10 +196,10 @@ def pass_worker(matrix: str, result: str, k: int) -> None:
     t0 = time.perf_counter()
     sims, ids = neighbors.nearest(vectors, k)
     t_emb = time.perf_counter() - t0
-    pairs = [neighbors.close_pairs(sims, ids, neighbors.DEFAULT_THRESHOLD),
-             neighbors.close_pairs(*neighbors.nearest(prints, k), neighbors.FINGERPRINT_THRESHOLD)]
+    passes = [(sims, ids, neighbors.DEFAULT_THRESHOLD),
+              (*neighbors.nearest(prints, k), neighbors.FINGERPRINT_THRESHOLD)]
     t1 = time.perf_counter()
-    group = neighbors.components(len(vectors), *(np.concatenate([p[side] for p in pairs]) for side in (0, 1)))
+    group = neighbors.joined_groups(len(vectors), passes)
     t2 = time.perf_counter()
     scores, outliers = neighbors.outlier_scores(sims), neighbors.flag_outliers(sims)
     t3 = time.perf_counter()

@@ -163,9 +163,7 @@ def near_duplicates(images: Images, passes: dict[str, tuple[np.ndarray, np.ndarr
     """Sets of images that some pass (name -> its neighbours' sims, ids and threshold) finds at or above its
     threshold, joined transitively across passes. A set whose members all have the same bytes is an exact
     duplicate only, and is not repeated here. Each row names its closest partner, and the passes that paired it."""
-    pairs = [neighbors.close_pairs(*found) for found in passes.values()]
-    group = neighbors.components(images.rows.num_rows, np.concatenate([a for a, _, _ in pairs]),
-                                 np.concatenate([b for _, b, _ in pairs]))
+    group = neighbors.joined_groups(images.rows.num_rows, list(passes.values()))
     hashes = images.rows["content_sha256"].to_numpy(zero_copy_only=False)
     members: dict[int, list[int]] = {}
     for i in np.flatnonzero(group >= 0):

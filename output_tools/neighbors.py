@@ -23,8 +23,8 @@ DEFAULT_K = 10  # neighbours per image: what cleanlab's Datalab uses for its kNN
 # same sweep (bench_audit.py prints it) over pairs people have checked.
 DEFAULT_THRESHOLD = 0.95
 # The same for the pixel fingerprints (beam_pipeline/fingerprint.py), placed with bench_curation.py's near copies:
-# there their copies sat at 0.98-1.0 (5th percentiles 0.94-1.0, the 90% crops lowest) and distinct images at most at
-# 0.94.
+# there their copies sat at medians of 0.98-1.0 (5th percentiles 0.95-1.0, the 90% crops lowest) and distinct images
+# at most at 0.92; every threshold from 0.90 to 0.96 met both targets.
 FINGERPRINT_THRESHOLD = 0.95
 EXACT_MAX = 20_000  # brute force up to here (N^2: ~5 s on 2 cores at 20k, ~5 hours at 1M); above it IVF
 BATCH = 16_384  # vectors converted to float32 at a time: 8 MB a batch at D = 128
@@ -182,11 +182,13 @@ def groups(sims: np.ndarray, ids: np.ndarray, threshold: float = DEFAULT_THRESHO
     threshold still join through it), and a set larger than k + 1 is still found through chains of neighbours;
     the price is that a chain of close images can join two that are not alike.
     """
-    return components(len(ids), *close_pairs(sims, ids, threshold)[:2])
+    return joined_groups(len(ids), [(sims, ids, threshold)])
 
 
-def components(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """`groups` of the pairs (rows[j], cols[j]) among n vectors, from whichever passes found them."""
+def joined_groups(n: int, passes: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
+    """`groups` of the pairs that any pass (its sims, ids and threshold, over the same n vectors) finds."""
+    pairs = [close_pairs(*found) for found in passes]
+    rows, cols = np.concatenate([a for a, _, _ in pairs]), np.concatenate([b for _, b, _ in pairs])
     graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n)).tocsr()
     _, component = connected_components(graph, directed=True, connection="weak")
     members = np.unique(np.concatenate([rows, cols]))  # ascending
