@@ -6,6 +6,7 @@ import click
 from click.utils import make_default_short_help
 
 from alexlabel import __version__
+from common.collector import paused_while_importing
 from common.errors import UserError
 from common.redact import redact
 
@@ -59,7 +60,8 @@ class Commands(click.Group):
         if name not in LAZY_COMMANDS:
             return super().get_command(ctx, name)
         module, attr = LAZY_COMMANDS[name][0].split(":")
-        return getattr(importlib.import_module(module), attr)
+        with paused_while_importing():
+            return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx, formatter):
         """Click's listing, with the lazy commands' summaries taken from LAZY_COMMANDS (no imports)."""

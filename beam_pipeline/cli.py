@@ -5,6 +5,7 @@ import click
 
 from beam_pipeline.heap import bound_heap
 from beam_pipeline.options import PRECISIONS, RUNNERS, LabelOptions
+from common.collector import paused_while_importing
 from common.devices import DEVICE_HELP, DEVICE_WORDS
 from common.interrupt import exits_130
 from common.storage import IMAGE_EXTENSIONS
@@ -78,15 +79,15 @@ def label_command(inputs, input_lists, extensions, beam_args, **kw):
     Extra arguments after the options go to Beam as they are (e.g. --direct_num_workers=2).
     """
     bound_heap()  # before Beam and torch start threads: glibc never retires an arena once made
-    opts = LabelOptions(inputs=list(inputs), input_lists=list(input_lists), beam_args=list(beam_args),
-                        extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()), **kw).validate()
-    from schemas.checkpoint import announced_checkpoint_file
-    from trainer.models import load_model_ahead
+    with paused_while_importing():  # torch (validate picks the device), then Beam
+        opts = LabelOptions(inputs=list(inputs), input_lists=list(input_lists), beam_args=list(beam_args),
+                            extensions=tuple(e.strip() for e in extensions.split(",") if e.strip()), **kw).validate()
+        from schemas.checkpoint import announced_checkpoint_file
+        from trainer.models import load_model_ahead
 
-    opts.checkpoint = announced_checkpoint_file(opts.checkpoint)
-
-    load_model_ahead(opts.checkpoint)  # for the launcher's check, while Beam imports
-    from beam_pipeline.launch import dry_run, launch_streaming, run
+        opts.checkpoint = announced_checkpoint_file(opts.checkpoint)
+        load_model_ahead(opts.checkpoint)  # for the launcher's check, while Beam imports
+        from beam_pipeline.launch import dry_run, launch_streaming, run
     if opts.dry_run:
         flags, transforms = dry_run(opts)
         click.echo(json.dumps({"run_id": opts.run_id, "runner": opts.runner, "beam_options": flags,
