@@ -140,6 +140,11 @@ def _not_done(joined, needed: frozenset[str]):
 
 
 def read_uri(uri: str) -> bytes:
+    """A whole file. A local one (the tables spell those as plain paths) is read directly: Beam's FileSystems
+    would look up its filesystem and compression for every image first."""
+    if "://" not in uri:
+        with open(uri, "rb") as f:
+            return f.read()
     with FileSystems.open(uri) as f:
         return f.read()
 
