@@ -11,7 +11,7 @@ search beside it.
    measure, this one times the pass over them. Written as a real output folder: labels, embeddings and runs
    tables, schemas/tables.py, the pipeline's layout.
 2. The pass as the audit runs it (neighbors.nearest over the embeddings and over the fingerprints, the sets of
-   their pairs, outlier_scores) in a fresh process: wall time and peak RSS (VmHWM).
+   their pairs, the outlier measures of output_tools/outlying.py) in a fresh process: wall time and peak RSS (VmHWM).
 3. Exact search (IndexFlatIP) for a sample of the images against all of them: the approximate index's recall, and
    the exact all-vs-all cost, extrapolated from the sample (linear in the queries). A sample of queries against
    all n, rather than all-vs-all within a 100k subsample, so the recall is that of the pass as run at n, for the
@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beam_pipeline.fingerprint import DIM as FINGERPRINT_DIM  # noqa: E402
-from output_tools import neighbors  # noqa: E402
+from output_tools import neighbors, outlying  # noqa: E402
 from schemas.tables import TABLES  # noqa: E402
 
 MODEL, RUN = "0123456789ab", "20250101T000000Z-bench"
@@ -189,9 +189,11 @@ def prepare(workdir: str, n: int, dim: int, fresh: bool) -> tuple[str, str, dict
 
 def pass_worker(matrix: str, result: str, k: int) -> None:
     """The pass as `alexlabel audit` runs it, in this fresh process: the float16 matrices in memory, then nearest
-    over each, the sets of both passes' pairs and the outlier scores; prints the timings and the peak RSS (VmHWM:
+    over each, the sets of both passes' pairs and the outliers; prints the timings and the peak RSS (VmHWM:
     this process only, unlike RUSAGE_CHILDREN, which Linux seeds with the parent's peak at fork)."""
-    vectors, prints = np.load(matrix), np.load(os.path.join(os.path.dirname(matrix), "fingerprints.npy"))
+    folder = os.path.dirname(matrix)
+    vectors, prints = np.load(matrix), np.load(os.path.join(folder, "fingerprints.npy"))
+    classes = np.load(os.path.join(folder, "truth.npz"))["cls"]  # the labels table's top-1
     before = vm("VmRSS")
     t0 = time.perf_counter()
     sims, ids = neighbors.nearest(vectors, k)
@@ -201,10 +203,12 @@ def pass_worker(matrix: str, result: str, k: int) -> None:
     t1 = time.perf_counter()
     group = neighbors.joined_groups(len(vectors), passes)
     t2 = time.perf_counter()
-    scores, outliers = neighbors.outlier_scores(sims), neighbors.flag_outliers(sims)
+    past = [outlying.past_fence(d) for d in outlying.distances(vectors, classes, passes[1][0]).values()]
+    furthest = np.max(past, axis=0)
     t3 = time.perf_counter()
     peak = vm("VmHWM")
-    np.savez(result, sims=sims, ids=ids, group=group, scores=scores, outliers=outliers)
+    np.savez(result, sims=sims, ids=ids, group=group, scores=outlying.score(furthest),
+             outliers=furthest > outlying.FENCE)
     print(json.dumps({"nearest_s": t1 - t0, "embeddings_s": t_emb, "groups_s": t2 - t1, "outliers_s": t3 - t2,
                       "loaded_mib": before, "peak_mib": peak}))
 
@@ -326,7 +330,7 @@ def main() -> int:
         ("neighbour pass, wall (nearest + groups)", f"{pass_s:.1f} s", f"target {TARGET_S} s: "
          f"{'PASS' if ok_time else 'FAIL'}; nearest {cost['nearest_s']:.1f} s (embeddings "
          f"{cost['embeddings_s']:.1f} s, fingerprints {cost['nearest_s'] - cost['embeddings_s']:.1f} s), groups "
-         f"{cost['groups_s']:.1f} s, outlier scores {cost['outliers_s']:.1f} s"),
+         f"{cost['groups_s']:.1f} s, outliers {cost['outliers_s']:.1f} s"),
         ("neighbour pass, peak RSS", f"{cost['peak_mib']:,.0f} MiB", f"target {TARGET_MIB:,} MiB: "
          f"{'PASS' if ok_mem else 'FAIL'}; {cost['loaded_mib']:,.0f} MiB with the matrix loaded, before the pass"),
         (f"near-duplicates at {threshold}: precision / recall", f"{q['precision']:.4f} / {q['recall']:.4f}",

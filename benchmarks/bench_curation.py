@@ -22,8 +22,9 @@ nothing; it runs the real commands (subprocesses) and scores what they wrote.
 5. Label errors: the label_error rows against the flipped set, and the precision-recall curve of the ranking
    the audit scores them by: cleanlab.rank.get_label_quality_scores (self_confidence) on the probabilities
    table and the given labels, computed here the way output_tools/audit.py does.
-6. Outliers: how many junk images the outlier rows catch, which other images they flag, and each kind's mean
-   cosine distance to its 10 nearest others beside the audit's fence.
+6. Outliers: how many junk images the outlier rows catch and which other images they flag; each kind's median
+   distance by both of the audit's measures (output_tools/outlying.py: to the mean of the model's class, and to
+   the 10 nearest fingerprints), where the junk ranks, and the flags over fences beside the audit's.
 
 Targets (the issue): near-duplicates recall >= 0.95 and precision >= 0.95 at the default threshold, exact
 duplicates 100%; label errors recall >= 0.8 at precision >= 0.7.
@@ -34,7 +35,6 @@ Usage: python benchmarks/bench_curation.py [--n 1000] [--seed 0] [--checkpoint a
 import argparse
 import csv
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -54,6 +54,7 @@ from scipy.sparse.csgraph import connected_components
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexlabel.sample_data import CLASSES, SIZES, background, jpeg_bytes, near_copies, sample_image  # noqa: E402
+from output_tools import neighbors, outlying  # noqa: E402
 from output_tools.neighbors import DEFAULT_THRESHOLD, FINGERPRINT_THRESHOLD  # noqa: E402
 from schemas.checkpoint import load_checkpoint  # noqa: E402
 
@@ -64,6 +65,7 @@ JUNK_EACH = 3  # a few of each: fewer than the audit's k = 10 neighbours, else a
 K = 10  # the audit's neighbours (output_tools/audit.py NEIGHBORS)
 COPIED, EXACT, FLIPPED = 0.25, 0.05, 0.10  # shares: originals near-copied, originals copied exactly, labels flipped
 SEED_OFFSET = 7919  # the demo's sample set is generated from seed 0: these images come from another stream
+FENCES = (1.5, 1.7, 2.0, 2.5, 3.0, 4.0)  # outlier fences swept, in IQRs: Tukey's 1.5 and 3, Datalab's 1.7
 THRESHOLDS = [*np.round(np.arange(0.80, 0.995, 0.01), 2), 0.995, 0.999]  # the last two: past the issue's range
 TARGET_DUP_RECALL = TARGET_DUP_PRECISION = 0.95
 TARGET_ERR_RECALL, TARGET_ERR_PRECISION = 0.8, 0.7
@@ -446,33 +448,42 @@ def label_errors(records: list[dict], at: dict[str, int], flipped: set[str], pro
 
 # ---------------------------------------------------------------- 6. outliers
 
-def outliers(records: list[dict], sims: np.ndarray, issues: list[dict]) -> None:
-    """The outlier rows by kind of image, beside each kind's mean cosine distance to its K nearest others (exact,
-    from the embeddings) and the fence the audit flags above (Q3 + 1.7 IQR of those distances)."""
+def outliers(records: list[dict], emb: np.ndarray, prints: np.ndarray, top1: np.ndarray, issues: list[dict]) -> None:
+    """The outlier rows by kind of image, beside each kind's median of both measures (computed here by
+    output_tools/outlying.py from the tables, as the audit computes them), how far past the upper quartile the junk
+    ranks, and the flags at other fences than the audit's."""
     out = {r["uri"]: r for r in issues if r["issue"] == "outlier"}
     low = {r["uri"] for r in issues if r["issue"] == "low_confidence"}
-    near = np.where(np.eye(len(sims), dtype=bool), -np.inf, sims)
-    near = -np.sort(-near, axis=1)[:, :K]
-    distance = (1 - near).mean(axis=1)
-    q1, q3 = np.percentile(distance, [25, 75])
-    fence = q3 + 1.7 * (q3 - q1)
+    found = outlying.distances(emb, top1, neighbors.nearest(prints, K)[0])
+    past = {m: outlying.past_fence(d) for m, d in found.items()}
+    furthest = np.max(list(past.values()), axis=0)
     kinds = np.array([r["kind"] for r in records])
+    junk = np.char.startswith(kinds.astype(str), "junk")
     rows = []
     for kind in [f"junk-{k}" for k in JUNK_KINDS] + ["original", *COPY_KINDS, "exact"]:
         of = np.flatnonzero(kinds == kind)
         flagged = sum(records[i]["uri"] in out for i in of)
-        rows.append([kind, len(of), flagged, ratio(flagged, len(of)), float(np.median(distance[of])),
-                     float(distance[of].max()), sum(records[i]["uri"] in low for i in of)])
-    junk = [r for r in records if r["kind"].startswith("junk")]
-    caught = sum(r["uri"] in out for r in junk)
-    table(["images", "count", "outlier", "share", "median dist", "max dist", "low_confidence"], rows,
-          f"outliers: {len(out)} outlier rows; junk caught {caught}/{len(junk)}, other images flagged "
-          f"{len(out) - caught}; dist = mean cosine distance to the {K} nearest (exact), the fence at {fence:.3f}")
-    scored = sorted(out.values(), key=lambda r: -r["score"])
-    if scored:
-        table(["top outlier rows", "score", "knn distance"],
-              [[r["uri"].rsplit("/", 1)[1], r["score"], json.loads(r["details"])["knn_distance"]]
-               for r in scored[:10]])
+        rows.append([kind, len(of), flagged, ratio(flagged, len(of)),
+                     *(float(np.median(found[m][of])) for m in found), *(float(np.median(past[m][of])) for m in found),
+                     sum(records[i]["uri"] in low for i in of)])
+    caught = sum(records[i]["uri"] in out for i in np.flatnonzero(junk))
+    table(["images", "count", "outlier", "share", *(f"{m} dist" for m in found), *(f"{m} IQRs" for m in found),
+           "low_confidence"], rows,
+          f"outliers: {len(out)} outlier rows; junk caught {caught}/{junk.sum()}, other images flagged "
+          f"{len(out) - caught}; dist = a measure's median distance, IQRs = how far past the upper quartile (the "
+          f"audit's fence: {outlying.FENCE})")
+    rank = np.argsort(np.argsort(-furthest))
+    print(f"junk ranked by the furthest of the two measures (0 = the most outlying of {len(records)}): "
+          f"{sorted(rank[junk].tolist())}")
+    sweep = []
+    for fence in FENCES:
+        flags = furthest > fence
+        hit = int((flags & junk).sum())
+        sweep.append([f"{fence}{' *' if fence == outlying.FENCE else ''}", int(flags.sum()), hit,
+                      ratio(hit, flags.sum()), ratio(hit, junk.sum()),
+                      *(f"{int((p > fence).sum())} ({int(((p > fence) & junk).sum())})" for p in past.values())])
+    table(["fence (IQRs)", "flagged", "junk", "precision", "recall", *(f"by {m} (junk)" for m in found)], sweep,
+          "outliers over fences (* the audit's)")
 
 
 # ---------------------------------------------------------------- main
@@ -538,7 +549,10 @@ def measure(args, work: str) -> None:
     signals = {"embedding": all_pairs(emb), "fingerprint": all_pairs(prints)}
     near_duplicates(records, at, signals, issues)
     label_errors(records, at, flipped, probs, class_names, issues)
-    outliers(records, signals["embedding"], issues)
+    classes = np.zeros(len(records), np.int64)  # the model's top-1, in record order
+    top1 = pc.list_element(labels["topk_indices"], 0).to_numpy(zero_copy_only=False)
+    classes[[at[u] for u in labels["uri"].to_pylist()]] = top1
+    outliers(records, emb, prints, classes, issues)
     print(f"\nbench-curation done in {time.perf_counter() - t0:.0f} s ({len(records)} images, embedding dim "
           f"{emb.shape[1]}, checkpoint {args.checkpoint})")
 

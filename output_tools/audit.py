@@ -3,7 +3,8 @@
     exact_duplicate  the same bytes (content_sha256) under different uris
     near_duplicate   embeddings or pixel fingerprints closer than a cosine threshold, grouped into sets
                      (neighbors.py, faiss)
-    outlier          images far from all their nearest neighbours (neighbors.py)
+    outlier          images far from their class's embeddings, or unlike any other image in their pixels
+                     (outlying.py)
     label_error      given labels the model's probabilities contradict, by confident learning (cleanlab)
     low_confidence   the model's own uncertainty: its margin over the runner-up, with the entropy beside it
 
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from common.errors import UserError, first_line
 from common.ids import new_id
 from common.storage import atomic_write_bytes
-from output_tools import neighbors, query
+from output_tools import neighbors, outlying, query
 from schemas.tables import ISSUES
 from schemas.views import connect, latest_checkpoint
 
@@ -73,16 +74,15 @@ def run_audit(output: str, labels: str | None = None, model: str | None = None,
         notes.append(f"{left_out} label rows of this version have no embedding and were not audited; label them "
                      "again with --embeddings --skip-existing")
     issues = exact_duplicates(images)
-    sims, ids = neighbors.nearest(images.embeddings)
-    passes = {"embedding": (sims, ids, threshold)}
+    passes = {"embedding": (*neighbors.nearest(images.embeddings), threshold)}
     if images.fingerprints is not None:
         passes["fingerprint"] = (*neighbors.nearest(images.fingerprints), fingerprint_threshold)
     else:
-        notes.append("near-duplicates by embedding only: some rows have no pixel fingerprint (labeled before "
-                     "fingerprints were stored); label them again with --embeddings to find flipped and cropped "
-                     "copies too")
+        notes.append("near-duplicates and outliers by embedding only: some rows have no pixel fingerprint (labeled "
+                     "before fingerprints were stored); label them again with --embeddings to find flipped and "
+                     "cropped copies, and images like no other, too")
     issues += near_duplicates(images, passes, first_group=group_count(issues))
-    issues += outliers(images, sims)
+    issues += outliers(images, passes["fingerprint"][0] if "fingerprint" in passes else None)
     if labels:
         issues += label_errors(con, images, labels, notes)
     issues += low_confidence(images, max_margin)
@@ -183,14 +183,19 @@ def near_duplicates(images: Images, passes: dict[str, tuple[np.ndarray, np.ndarr
             for g, members_of in enumerate(sorted(sets, key=min), start=first_group) for i in members_of]
 
 
-def outliers(images: Images, sims: np.ndarray) -> list[dict]:
-    """Images much further from their nearest neighbours than images usually are (neighbors.flag_outliers): the
-    kNN distance is used, not the distance to the label's centre, because it needs no trust in the labels and
-    classes are rarely round clusters."""
-    scores, flagged, distance = (f(sims) for f in (neighbors.outlier_scores, neighbors.flag_outliers,
-                                                   neighbors.mean_distance))
-    return [issue_row(images, i, "outlier", scores[i], knn_distance=float(distance[i]), k=sims.shape[1])
-            for i in np.flatnonzero(flagged)]
+def outliers(images: Images, fingerprint_sims: np.ndarray | None) -> list[dict]:
+    """Images past the fence by either of outlying.py's measures: far from the embeddings of the class the model
+    gave them, or (with fingerprints) from every other image's pixels. Details give both distances and which
+    measures (`by`) are past their fence."""
+    top1 = pc.list_element(images.rows["topk_indices"], 0).to_numpy(zero_copy_only=False)
+    found = outlying.distances(images.embeddings, top1, fingerprint_sims)
+    past = {measure: outlying.past_fence(distance) for measure, distance in found.items()}
+    furthest = np.max(list(past.values()), axis=0)
+    scores = outlying.score(furthest)
+    classes = pc.list_element(images.rows["topk_labels"], 0)
+    return [issue_row(images, i, "outlier", scores[i], by=[m for m in past if past[m][i] > outlying.FENCE],
+                      **{"class": classes[i].as_py()}, **{f"{m}_distance": found[m][i] for m in found})
+            for i in np.flatnonzero(furthest > outlying.FENCE)]
 
 
 def label_errors(con: duckdb.DuckDBPyConnection, images: Images, labels: str, notes: list[str]) -> list[dict]:

@@ -29,7 +29,6 @@ FINGERPRINT_THRESHOLD = 0.95
 EXACT_MAX = 20_000  # brute force up to here (N^2: ~5 s on 2 cores at 20k, ~5 hours at 1M); above it IVF
 BATCH = 16_384  # vectors converted to float32 at a time: 8 MB a batch at D = 128
 NPROBE = 8  # IVF cells searched per query (see `approximate`)
-IQR_SCALE = 1.7  # outlier fence Q3 + 1.7 IQR: Datalab's default (its threshold 0.37037 = 1 / (1 + 1.7))
 
 
 def nearest(vectors: np.ndarray, k: int = DEFAULT_K, *, exact: bool | None = None, nlist: int | None = None,
@@ -205,26 +204,3 @@ def mean_distance(sims: np.ndarray) -> np.ndarray:
     total = np.where(found, 1 - sims.astype(np.float64), 0).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, np.maximum(total, 0) / count, np.nan)
-
-
-def outlier_scores(sims: np.ndarray) -> np.ndarray:
-    """How far each image sits from its k nearest neighbours, float32 [N] in 0-1, higher is further: cleanlab
-    Datalab's kNN outlier score turned round, 1 - exp(-d / median d), d the mean cosine distance to the
-    neighbours. An image at the typical distance scores 0.63, one twice as far 0.86, a copy of another ~0; the
-    median makes it independent of the embedding's scale. 0 for an image with no neighbour at all."""
-    dist = mean_distance(sims)
-    typical = max(float(np.nanmedian(dist)) if np.isfinite(dist).any() else 0.0, 1e-12)
-    scores = 1 - np.exp(-dist / typical)
-    return np.nan_to_num(scores, nan=0.0).astype(np.float32)
-
-
-def flag_outliers(sims: np.ndarray, iqr_scale: float = IQR_SCALE) -> np.ndarray:
-    """The outliers, bool [N]: mean distance to the neighbours above Q3 + iqr_scale * IQR of all the images' (a
-    Tukey fence, Datalab's rule and default), so about 1% of a well-clustered set and more of a spread-out one;
-    never an image with no neighbour."""
-    dist = mean_distance(sims)
-    if not np.isfinite(dist).any():
-        return np.zeros(len(dist), bool)
-    q1, q3 = np.nanpercentile(dist, [25, 75])
-    with np.errstate(invalid="ignore"):
-        return dist > q3 + iqr_scale * (q3 - q1)

@@ -89,14 +89,18 @@ def test_audit_finds_each_kind_of_issue(curated):
     assert len({r["group_id"] for r in near.values()}) == 1
     assert near["/img/dog_10.jpg"]["group_id"] != exact["/img/cat_00.jpg"]["group_id"]  # one numbering per audit
     assert all(r["score"] > 0.99 and json.loads(r["details"])["size"] == 3 for r in near.values())
-    assert "/img/fox_10.jpg" in by_kind(found, "outlier")
+    outliers = by_kind(found, "outlier")
+    assert set(outliers) == {"/img/fox_10.jpg"}  # far from the other foxes, by the class measure alone here
+    details = json.loads(outliers["/img/fox_10.jpg"]["details"])
+    assert details["by"] == ["class"] and details["class"] == "fox" and details["class_distance"] > 0.5
+    assert 0.5 < outliers["/img/fox_10.jpg"]["score"] < 1
     low = by_kind(found, "low_confidence")
     assert set(low) == {"/img/dog_20.jpg", "/img/dog_21.jpg"}
     details = json.loads(low["/img/dog_20.jpg"]["details"])
     assert details["margin"] == pytest.approx(0.02, abs=1e-3) and 0.5 < details["entropy"] < 1
     assert not by_kind(found, "label_error")  # no labels given: nothing to check
     assert "exact_duplicate" in printed and "near_duplicate         3 images" in printed and "in 1 sets" in printed
-    assert "note: near-duplicates by embedding only: some rows have no pixel fingerprint" in printed  # older outputs
+    assert "note: near-duplicates and outliers by embedding only: some rows have no pixel fingerprint" in printed
 
 
 def test_issues_table_has_its_schema_and_one_audit_per_file(curated):

@@ -78,7 +78,7 @@ def test_zero_and_broken_vectors_give_no_nan(data, exact):
     sims, ids = neighbors.nearest(vectors, 10, exact=exact)
     assert not np.isnan(sims).any() and (ids >= 0).all()
     assert (sims[[3, 7, 11, 12]] == 0).all()  # compared as zeros: similarity 0 to everything
-    assert not np.isnan(neighbors.outlier_scores(sims)).any()
+    assert np.isfinite(neighbors.mean_distance(sims)).all()
 
 
 def test_fewer_than_k_others():
@@ -91,8 +91,7 @@ def test_fewer_than_k_others():
     assert empty_sims.shape == empty_ids.shape == (0, 3)
     single_sims, single_ids = neighbors.nearest(vectors[:1], 3)
     assert (single_ids == -1).all()
-    assert neighbors.outlier_scores(single_sims).tolist() == [0.0]
-    assert not neighbors.flag_outliers(single_sims).any()
+    assert np.isnan(neighbors.mean_distance(single_sims)).all()  # no neighbour: no distance
 
 
 def test_groups_are_transitive_sets_numbered_by_lowest_member():
@@ -111,20 +110,6 @@ def test_groups_of_the_injected_copies(data, approximate):
     assert sorted(set(group.tolist()) - {-1}) == list(range(len(pairs)))
     first = [np.flatnonzero(group == g).min() for g in range(len(pairs))]
     assert first == sorted(first)
-
-
-def test_far_point_has_the_top_outlier_score(data):
-    vectors = data[0].copy()
-    q, _ = np.linalg.qr(vectors[:28].astype(np.float64).T)  # 28 of the 32 dimensions the images fill
-    far = np.random.default_rng(1).standard_normal(vectors.shape[1])
-    vectors[100] = 10 * (far - q @ (q.T @ far))  # orthogonal to those: a direction no cluster leans towards
-    sims, _ = neighbors.nearest(vectors, 10, exact=False)
-    scores = neighbors.outlier_scores(sims)
-    assert scores.dtype == np.float32 and 0 <= scores.min() and scores.max() <= 1
-    assert scores.argmax() == 100 and scores[100] > 0.8
-    flagged = neighbors.flag_outliers(sims)
-    assert flagged[100] and flagged.mean() < 0.05
-    assert np.median(scores) == pytest.approx(1 - np.exp(-1), abs=0.01)  # the typical image: 1 - 1/e
 
 
 def test_default_nlist():
