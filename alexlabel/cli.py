@@ -20,6 +20,8 @@ LAZY_COMMANDS = {
                  "checkpoint on labelled images or shards."),
     "import-weights": ("trainer.cli:import_weights_command", "Wrap a state dict file (e.g. torchvision's "
                        "ImageNet AlexNet weights) into a checkpoint to label with."),
+    "refit": ("trainer.cli:refit_command", "Fit a checkpoint's embedding projection and int8 ranges anew, on a "
+              "folder of images, into a new checkpoint."),
     "shards": ("trainer.cli:shards_command", "Pack an image folder or manifest into shuffled WebDataset tar "
                "shards that `alexlabel train --data` reads."),
     "label": ("beam_pipeline.cli:label_command",

@@ -80,8 +80,7 @@ def int8_network(checkpoint: str, module: torch.nn.Module, ranges: torch.Tensor 
                               "--precision bf16 there")
     if ranges is None:
         raise CheckpointError(f"--precision int8 needs a checkpoint with int8 ranges, and {checkpoint} has none; fit "
-                              "them with `alexlabel import-weights --fit-on FOLDER`, or train with `alexlabel train` "
-                              "(it fits them)")
+                              f"them with `alexlabel refit {checkpoint} --fit-on FOLDER --output NEW.pt`")
     try:
         return build_int8(module, ranges, manifest.preprocess.crop)
     except (ValueError, RuntimeError) as e:
@@ -136,7 +135,7 @@ def _send(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def no_projection(checkpoint: str) -> str:
     return (f"--embeddings needs a checkpoint with an embedding projection, and {checkpoint} has none; fit one with "
-            "`alexlabel import-weights --fit-pca FOLDER`, or train with `alexlabel train` (it fits one)")
+            f"`alexlabel refit {checkpoint} --fit-on FOLDER --output NEW.pt`")
 
 
 def half_rows(x: torch.Tensor) -> list:

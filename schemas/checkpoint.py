@@ -5,7 +5,7 @@ always read with `torch.load(..., weights_only=True)`: a checkpoint from a bucke
 and unpickling arbitrary objects would run its code.
 
 A checkpoint may also carry an embedding projection (`label --embeddings`): a PCA of the network's penultimate
-activations, fitted by the trainer on its training set or by `import-weights --fit-on` (--fit-pca). Its two
+activations, fitted by the trainer on its training set, by `import-weights --fit-on` (--fit-pca) or by `refit`. Its two
 tensors sit in the state dict under EMBEDDING_KEYS, so the weights hash (the model version) covers them: embeddings
 of two different projections never share a version. The manifest's `embedding` says how it was fitted.
 

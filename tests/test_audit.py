@@ -247,8 +247,8 @@ def test_report_shows_the_latest_audit(curated, tmp_path):
 
 @pytest.mark.parametrize("case", ["none", "broken"])
 def test_embeddings_need_a_checkpoint_with_a_projection(checkpoint, tmp_path, case):
-    """A checkpoint without a PCA is refused before any work, naming --fit-pca, and one with a broken PCA naming the
-    file; nothing is written."""
+    """A checkpoint without a PCA is refused before any work, naming `alexlabel refit` (tests/test_refit.py runs
+    it), and one with a broken PCA naming the file; nothing is written."""
     from dataclasses import replace
 
     from schemas.checkpoint import load_checkpoint, save_checkpoint, split_state
@@ -268,7 +268,7 @@ def test_embeddings_need_a_checkpoint_with_a_projection(checkpoint, tmp_path, ca
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     if case == "none":
         assert result.stderr.startswith("Error: --embeddings needs a checkpoint with an embedding projection")
-        assert "--fit-pca" in result.stderr
+        assert f"`alexlabel refit {bad} --fit-on FOLDER --output NEW.pt`" in result.stderr
     else:
         assert result.stderr.startswith(f"Error: checkpoint {bad}: its embedding projection reads ")
     assert not (tmp_path / "out").exists()

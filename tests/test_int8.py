@@ -113,6 +113,6 @@ def test_int8_needs_a_checkpoint_with_ranges(checkpoint, sample_dir, tmp_path):
                     "--precision", "int8")
     assert one_line_error(result) == (
         f"Error: --precision int8 needs a checkpoint with int8 ranges, and {bare} has none; fit them with `alexlabel "
-        "import-weights --fit-on FOLDER`, or train with `alexlabel train` (it fits them)")
+        f"refit {bare} --fit-on FOLDER --output NEW.pt`")
     assert not (tmp_path / "out").exists()
     assert load_classifier(bare, "cpu", "fp32").dtype == torch.float32  # the other precisions do not need them

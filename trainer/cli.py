@@ -1,4 +1,4 @@
-"""`alexlabel train`, `alexlabel import-weights`, `alexlabel evaluate` and `alexlabel shards`."""
+"""`alexlabel train`, `alexlabel import-weights`, `alexlabel refit`, `alexlabel evaluate` and `alexlabel shards`."""
 import json
 from dataclasses import replace
 
@@ -9,11 +9,12 @@ import torch
 from common.devices import DEVICE_HELP, DEVICE_WORDS, pick_device
 from common.errors import UserError
 from common.interrupt import exits_130
-from common.storage import atomic_write_bytes, check_output_file
+from common.storage import atomic_write_bytes, canonical_uri, check_output_file
 from schemas.checkpoint import announced_checkpoint_file
 from schemas.shards import SHARD_BYTES, ShardSet, check_destination, summary, write_shards
 from schemas.transform import TenCrop
 from trainer import distributed
+from trainer.checkpoints import add_fitted
 from trainer.config import ARCH_DEFAULTS, CHOICES, TrainConfig
 from trainer.data import class_differences, class_folders, list_image_folder, manifest_samples
 from trainer.distributed import World
@@ -22,7 +23,7 @@ from trainer.evaluate import accuracy_line, accuracy_report, format_confusion, p
 from trainer.models import ARCHS, load_model
 from trainer.shards import eval_batches, image_set
 from trainer.train import train
-from trainer.weights import IMAGENET_EVAL, import_weights
+from trainer.weights import IMAGENET_EVAL, fit_here, folder_images, import_weights
 
 
 def words(option: str) -> str:
@@ -147,12 +148,36 @@ def import_weights_command(state_dict, arch, classes_file, output, resize, crop,
     except ValueError as e:
         raise UserError(str(e)) from None
     manifest = import_weights(state_dict, arch, classes_file, output, preprocess, fit_on, embedding_dim or DIM)
-    e = manifest.embedding
-    fitted = (f"embedding projection of {e['dim']} dimensions fitted on {e['fitted_on']} images "
-              f"({e['explained_variance']:.1%} of the variance), int8 ranges on {manifest.int8['fitted_on']}, "
-              if e else "")
+    fitted = f"{fitted_line(manifest)}, " if manifest.embedding else ""
     click.echo(f"wrote {output}: {arch}, {len(manifest.class_names)} classes, temperature 1.0 (uncalibrated), "
                f"{fitted}model_version {manifest.model_version}")
+
+
+@click.command("refit")
+@click.argument("checkpoint")
+@click.option("--fit-on", "fit_on", metavar="FOLDER", required=True, help="The images to fit on, anywhere under this "
+              f"folder or bucket URL, e.g. a sample of those you will label; at most {MAX_IMAGES} of them are used.")
+@click.option("--output", required=True, help="The checkpoint to write, a new model version; CHECKPOINT stays as it "
+              "is.")
+@click.option("--embedding-dim", type=click.IntRange(min=1), help="The embedding's dimensions [default: CHECKPOINT's "
+              f"own, else {DIM}].")
+def refit_command(checkpoint, fit_on, output, embedding_dim):
+    """Fit a checkpoint's embedding projection and int8 ranges anew, on a folder of images, into a new checkpoint."""
+    check_output_file(output, "--output")
+    checkpoint = announced_checkpoint_file(checkpoint)
+    if canonical_uri(output) == canonical_uri(checkpoint):
+        raise UserError(f"--output {output} is the checkpoint itself; write the refitted one to a new file (it is a "
+                        f"new model version, and the rows labeled with {checkpoint} name the old one)")
+    manifest = add_fitted(checkpoint, folder_images(fit_on), embedding_dim, fit_on, output=output, anew=True,
+                          **fit_here())
+    click.echo(f"wrote {output}: {fitted_line(manifest)}, model_version {manifest.model_version} (was "
+               f"{manifest.provenance['refitted_from']['model_version']})")
+
+
+def fitted_line(manifest) -> str:
+    e = manifest.embedding
+    return (f"embedding projection of {e['dim']} dimensions fitted on {e['fitted_on']} images "
+            f"({e['explained_variance']:.1%} of the variance), int8 ranges on {manifest.int8['fitted_on']}")
 
 
 @click.command("evaluate")

@@ -1,6 +1,6 @@
 """Wrap a plain state dict, such as torchvision's published ImageNet AlexNet weights, into a checkpoint, with the
 embedding projection and the int8 ranges fitted on a folder of images if asked (`--fit-on`): imported weights have
-no training set of ours to fit them on."""
+no training set of ours to fit them on. `refit` fits them anew for a checkpoint that has or lacks them."""
 import hashlib
 import io
 import pickle
@@ -90,8 +90,13 @@ def import_weights(state_dict_url: str, arch: str, classes_url: str, output: str
                     "torch": torch.__version__, "torchvision": torchvision.__version__,
                     "created_at": datetime.now(UTC).isoformat()})
     weights = model.state_dict()
-    if fit_on:  # on this machine's fastest device (bf16 on CUDA, as `label` runs there)
-        device = pick_device("auto")
-        weights, manifest = fitted(model, manifest, images, embedding_dim, fit_on, device=device, workers=2,
-                                   amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
+    if fit_on:
+        weights, manifest = fitted(model, manifest, images, embedding_dim, fit_on, **fit_here())
     return save_checkpoint(output, weights, manifest)
+
+
+def fit_here() -> dict:
+    """How a command fits the projection and ranges: on this machine's fastest device, in bf16 on CUDA (as `label`
+    runs there)."""
+    device = pick_device("auto")
+    return {"device": device, "workers": 2, "amp_dtype": torch.bfloat16 if device.type == "cuda" else None}
