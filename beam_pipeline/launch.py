@@ -56,7 +56,11 @@ def check(opts: LabelOptions, keep: bool) -> Manifest:
 
 def check_new_run_id(opts: LabelOptions) -> None:
     """A run id names the run's files (and a sliced job's slices, <id>-0001, ...): one already in the output would
-    have this run's files replace that run's, its labels lost while both accountings pass."""
+    have this run's files replace that run's, its labels lost while both accountings pass. Only a --run-id given
+    is looked for: the search lists the whole output (on gs://, every object under it), and an id validate() made
+    is new."""
+    if opts.made_run_id:
+        return
     found = (glob_urls(f"{opts.output}/*/model=*/{opts.run_id}-*.parquet")
              or glob_urls(f"{opts.output}/runs/model=*/{opts.run_id}.parquet"))
     if found:

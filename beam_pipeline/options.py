@@ -45,6 +45,7 @@ class LabelOptions:
     commit_every: int = 0             # local runs: label in slices of this many inputs, each committed; 0: ~2 min
     retry_errors: bool = False        # with skip_existing: try inputs that only have an errors row again
     run_id: str = ""
+    made_run_id: bool = False         # validate() made run_id (a new id: no earlier run can have it)
     # Dataflow
     project: str = ""
     region: str = ""
@@ -112,7 +113,8 @@ class LabelOptions:
         self.inputs = [canonical_uri(p) for p in self.inputs]
         self.input_lists = [canonical_uri(p) for p in self.input_lists]
         self.output, self.checkpoint = canonical_uri(self.output), canonical_uri(self.checkpoint)
-        self.run_id = self.run_id or new_id()
+        if not self.run_id:
+            self.run_id, self.made_run_id = new_id(), True
         return self
 
     def _validate_watch(self) -> None:

@@ -10,6 +10,7 @@ import torch
 from commands import invoke, one_line_error
 
 from alexlabel.cli import LAZY_COMMANDS, main
+from beam_pipeline import launch
 from beam_pipeline.options import LabelOptions
 
 
@@ -196,6 +197,17 @@ def test_a_run_id_already_in_the_output_is_refused_before_its_files_are_replaced
         "; choose another, or leave --run-id out for a new one")
     assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before
     assert invoke(*args, "--run-id", "r2").exit_code == 0
+
+
+def test_a_run_without_run_id_does_not_search_the_output_for_its_new_id(checkpoint, sample_dir, tmp_path,
+                                                                         monkeypatch):
+    """The search lists the whole output (on gs://, every object under it); an id the run made itself is new."""
+    listed = []
+    monkeypatch.setattr(launch, "glob_urls", lambda pattern: listed.append(pattern) or [])
+    args = ("label", "--input", f"{sample_dir}/bucket/*.jpg", "--checkpoint", checkpoint, "--output", tmp_path / "out",
+            "--precision", "fp32")
+    assert invoke(*args).exit_code == 0 and listed == []
+    assert invoke(*args, "--run-id", "mine").exit_code == 0 and len(listed) == 2  # a given one is looked for
 
 
 def test_checkpoint_whose_classes_do_not_fit_its_weights_is_refused(checkpoint, sample_dir, tmp_path):
