@@ -208,11 +208,19 @@ def issue_cards(rows: list[tuple]) -> str:
         return '<p class="meta">None found.</p>'
     items = []
     for uri, score, suggested, details in rows:
-        given = json.loads(details).get("given_label")
-        caption = f"score {score:.3f}" + (f"<br>given <b>{esc(given)}</b>, model says <b>{esc(suggested)}</b>"
-                                          if given else "")
+        found = json.loads(details)
+        given = found.get("given_label")
+        caption = f"score {score:.3f}<br>" + (f"given <b>{esc(given)}</b>, model says <b>{esc(suggested)}</b>"
+                                               if given else outlier_reason(found))
         items.append((uri, given or "outlier", caption))
     return f'<div class="queue">{cards(items)}</div>'
+
+
+def outlier_reason(details: dict) -> str:
+    """Why an outlier row is one, from the measures its details name as past their fence (output_tools/outlying.py)."""
+    reasons = {"class": f"unlike the model's <b>{esc(details.get('class', ''))}</b>",
+               "fingerprint": "pixels like no other image"}
+    return ", ".join(reasons[m] for m in details.get("by", []) if m in reasons)
 
 
 def thumbnail(uri: str) -> str | None:

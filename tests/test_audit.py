@@ -242,7 +242,8 @@ def test_report_shows_the_latest_audit(curated, tmp_path):
     page = report_of(out, tmp_path)
     assert page.count('class="strip"') == 2  # the exact pair and the near set
     assert "given <b>fox</b>, model says <b>cat</b>" in page and "/img/cat_03.jpg" in page
-    assert "/img/fox_10.jpg" in page.split("<h3>Outliers</h3>")[1]
+    outliers = page.split("<h3>Outliers</h3>")[1]
+    assert "/img/fox_10.jpg" in outliers and "unlike the model's <b>fox</b>" in outliers  # and why
 
 
 @pytest.mark.parametrize("case", ["none", "broken"])
