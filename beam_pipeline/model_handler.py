@@ -8,6 +8,7 @@ ranges the checkpoint carries, and the batch goes in as uint8. Softmax uses the 
 temperature. With embeddings asked for, the same forward pass also gives the penultimate activations, which the
 checkpoint's projection turns into embeddings: one matrix multiply per batch, on the model's device.
 """
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +81,7 @@ def int8_network(checkpoint: str, module: torch.nn.Module, ranges: torch.Tensor 
                               "--precision bf16 there")
     if ranges is None:
         raise CheckpointError(f"--precision int8 needs a checkpoint with int8 ranges, and {checkpoint} has none; fit "
-                              f"them with `alexlabel refit {checkpoint} --fit-on FOLDER --output NEW.pt`")
+                              f"them with `{refit_command(checkpoint)}`")
     try:
         return build_int8(module, ranges, manifest.preprocess.crop)
     except (ValueError, RuntimeError) as e:
@@ -135,7 +136,12 @@ def _send(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def no_projection(checkpoint: str) -> str:
     return (f"--embeddings needs a checkpoint with an embedding projection, and {checkpoint} has none; fit one with "
-            f"`alexlabel refit {checkpoint} --fit-on FOLDER --output NEW.pt`")
+            f"`{refit_command(checkpoint)}`")
+
+
+def refit_command(checkpoint: str) -> str:
+    """The command that fits what a checkpoint lacks, to copy from an error line (its path quoted for a shell)."""
+    return f"alexlabel refit {shlex.quote(checkpoint)} --fit-on FOLDER --output NEW.pt"
 
 
 def half_rows(x: torch.Tensor) -> list:

@@ -455,16 +455,15 @@ def outliers(records: list[dict], emb: np.ndarray, prints: np.ndarray, top1: np.
     out = {r["uri"]: r for r in issues if r["issue"] == "outlier"}
     low = {r["uri"] for r in issues if r["issue"] == "low_confidence"}
     found = outlying.distances(emb, top1, neighbors.nearest(prints, K)[0])
-    past = {m: outlying.past_fence(d) for m, d in found.items()}
-    furthest = np.max(list(past.values()), axis=0)
+    past, furthest = outlying.furthest(found)
     kinds = np.array([r["kind"] for r in records])
     junk = np.char.startswith(kinds.astype(str), "junk")
     rows = []
     for kind in [f"junk-{k}" for k in JUNK_KINDS] + ["original", *COPY_KINDS, "exact"]:
         of = np.flatnonzero(kinds == kind)
         flagged = sum(records[i]["uri"] in out for i in of)
-        rows.append([kind, len(of), flagged, ratio(flagged, len(of)),
-                     *(float(np.median(found[m][of])) for m in found), *(float(np.median(past[m][of])) for m in found),
+        medians = [float(np.nanmedian(found[m][of])) for m in found] + [float(np.median(past[m][of])) for m in found]
+        rows.append([kind, len(of), flagged, ratio(flagged, len(of)), *medians,
                      sum(records[i]["uri"] in low for i in of)])
     caught = sum(records[i]["uri"] in out for i in np.flatnonzero(junk))
     table(["images", "count", "outlier", "share", *(f"{m} dist" for m in found), *(f"{m} IQRs" for m in found),
@@ -500,8 +499,8 @@ def main():
     if not os.path.exists(args.checkpoint):
         sys.exit(f"{args.checkpoint} does not exist; train one first (`alexlabel demo`)")
     if not load_checkpoint(args.checkpoint)[1].embedding:
-        sys.exit(f"{args.checkpoint} has no embedding projection for `label --embeddings`; train it again "
-                 "(`alexlabel demo` for the demo's) with an `alexlabel train` that fits one")
+        sys.exit(f"{args.checkpoint} has no embedding projection for `label --embeddings`; fit one with "
+                 f"`alexlabel refit {args.checkpoint} --fit-on FOLDER --output NEW.pt`")
     work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="bench-curation-")
     try:
         measure(args, work)

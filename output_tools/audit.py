@@ -185,17 +185,21 @@ def near_duplicates(images: Images, passes: dict[str, tuple[np.ndarray, np.ndarr
 
 def outliers(images: Images, fingerprint_sims: np.ndarray | None) -> list[dict]:
     """Images past the fence by either of outlying.py's measures: far from the embeddings of the class the model
-    gave them, or (with fingerprints) from every other image's pixels. Details give both distances and which
-    measures (`by`) are past their fence."""
+    gave them, or (with fingerprints) from every other image's pixels. Details give each measure's distance and
+    which measures (`by`) are past their fence."""
     top1 = pc.list_element(images.rows["topk_indices"], 0).to_numpy(zero_copy_only=False)
     found = outlying.distances(images.embeddings, top1, fingerprint_sims)
-    past = {measure: outlying.past_fence(distance) for measure, distance in found.items()}
-    furthest = np.max(list(past.values()), axis=0)
+    past, furthest = outlying.furthest(found)
     scores = outlying.score(furthest)
     classes = pc.list_element(images.rows["topk_labels"], 0)
     return [issue_row(images, i, "outlier", scores[i], by=[m for m in past if past[m][i] > outlying.FENCE],
-                      **{"class": classes[i].as_py()}, **{f"{m}_distance": found[m][i] for m in found})
+                      **{"class": classes[i].as_py()}, **{f"{m}_distance": finite(found[m][i]) for m in found})
             for i in np.flatnonzero(furthest > outlying.FENCE)]
+
+
+def finite(x: float) -> float | None:
+    """A distance for the details JSON, where NaN (nothing to measure by) is not valid: null."""
+    return float(x) if np.isfinite(x) else None
 
 
 def label_errors(con: duckdb.DuckDBPyConnection, images: Images, labels: str, notes: list[str]) -> list[dict]:

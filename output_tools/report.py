@@ -210,8 +210,8 @@ def issue_cards(rows: list[tuple]) -> str:
     for uri, score, suggested, details in rows:
         found = json.loads(details)
         given = found.get("given_label")
-        caption = f"score {score:.3f}<br>" + (f"given <b>{esc(given)}</b>, model says <b>{esc(suggested)}</b>"
-                                               if given else outlier_reason(found))
+        reason = f"given <b>{esc(given)}</b>, model says <b>{esc(suggested)}</b>" if given else outlier_reason(found)
+        caption = f"score {score:.3f}" + (f"<br>{reason}" if reason else "")  # an older audit's outliers give none
         items.append((uri, given or "outlier", caption))
     return f'<div class="queue">{cards(items)}</div>'
 

@@ -1,6 +1,7 @@
 """`alexlabel audit`: each kind of issue found on outputs built to hold it, the issues table read back, the
 one-line errors, and the whole chain from real images through `label --embeddings`."""
 import csv
+import glob
 import json
 import os
 import subprocess
@@ -101,6 +102,29 @@ def test_audit_finds_each_kind_of_issue(curated):
     assert not by_kind(found, "label_error")  # no labels given: nothing to check
     assert "exact_duplicate" in printed and "near_duplicate         3 images" in printed and "in 1 sets" in printed
     assert "note: near-duplicates and outliers by embedding only: some rows have no pixel fingerprint" in printed
+
+
+def test_an_image_like_no_other_in_its_pixels_is_an_outlier_by_its_fingerprint(curated, tmp_path):
+    """With pixel fingerprints (the embeddings through a fixed projection, so copies stay close in both), cat_05's
+    set to zero, a flat colour's: an outlier by that measure alone, and the report says why."""
+    source, rows = curated
+    (path,) = glob.glob(f"{source}/embeddings/*/*.parquet")
+    embeddings = pq.read_table(path).to_pylist()
+    projection = np.random.default_rng(2).standard_normal((32, 105))
+    for row in embeddings:
+        row["fingerprint"] = np.asarray(row["embedding"], np.float32) @ projection
+    flat = next(r for r in embeddings if r["uri"] == "/img/cat_05.jpg")
+    flat["fingerprint"] = np.zeros(105)
+    out = write_output(str(tmp_path / "out"), rows, embeddings=[{**r, "embedding": np.asarray(r["embedding"])}
+                                                                 for r in embeddings])
+    assert audit(out)[0] == 0
+    outliers = {uri: json.loads(r["details"]) for uri, r in by_kind(issues_of(out), "outlier").items()}
+    assert outliers["/img/cat_05.jpg"]["by"] == ["fingerprint"]
+    assert outliers["/img/cat_05.jpg"]["fingerprint_distance"] == pytest.approx(1)  # similarity 0 to everything
+    assert "class" in outliers["/img/fox_10.jpg"]["by"]
+    assert set(outliers) <= {"/img/cat_05.jpg", "/img/fox_10.jpg"}
+    card = report_of(out, tmp_path).split("<h3>Outliers</h3>")[1].split("/img/cat_05.jpg")[0].rsplit("<figure>")[-1]
+    assert "pixels like no other image" in card
 
 
 def test_issues_table_has_its_schema_and_one_audit_per_file(curated):

@@ -31,13 +31,29 @@ def test_junk_of_one_kind_is_far_from_its_class_though_near_its_own_kind(with_ju
     assert (outlying.past_fence(neighbors.mean_distance(sims))[junk] < outlying.FENCE).all()
 
 
-def test_class_distance_is_the_cosine_to_the_class_mean_direction():
-    vectors = np.array([[1, 0], [0, 1], [3, 3], [0, 2], [0, 0]], np.float16)  # class 0: the first three
-    got = outlying.class_distance(vectors, np.array([0, 0, 0, 1, 1]), batch=2)
-    half = np.sqrt(0.5)
-    assert got[:3] == pytest.approx([1 - half, 1 - half, 0], abs=1e-3)  # the mean of the unit vectors: (1, 1)
-    assert got[3:] == pytest.approx([0, 1], abs=1e-3)  # a zero vector: similarity 0 to everything
+def test_class_distance_is_the_cosine_to_the_mean_direction_of_the_others():
+    vectors = np.array([[1, 0]] * 4 + [[0, 1], [0, 0], [5, 5], [1, 1]], np.float16)
+    got = outlying.class_distance(vectors, np.array([0] * 6 + [1] * 2), batch=3)
+    assert got[:4] == pytest.approx([1 - 3 / np.sqrt(10)] * 4, abs=1e-3)  # the others sum to (3, 1)
+    assert got[4:6] == pytest.approx([1, 1], abs=1e-3)  # the others (4, 0); a zero vector: similarity 0
+    assert np.isnan(got[6:]).all()  # a class of 2: no mean to measure by
     assert outlying.class_distance(vectors[:0], np.array([], np.int64)).shape == (0,)
+
+
+def test_classes_too_small_to_measure_leave_the_fence_to_the_others():
+    """1000 classes and a few hundred images (an ImageNet model on a small bucket): most classes hold one or two
+    images, each its own mean; only the classes of MIN_CLASS or more are measured, and their quartiles set the
+    fence."""
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((1000, 32))
+    classes = np.concatenate([rng.integers(3, 1000, 250), np.repeat([0, 1, 2], 40)])
+    vectors = (centres[classes] + 0.5 * rng.standard_normal((len(classes), 32))).astype(np.float16)
+    vectors[-1] = rng.standard_normal(32)  # in class 2, like nothing in it
+    counts = np.bincount(classes)[classes]
+    got = outlying.class_distance(vectors, classes)
+    assert np.isnan(got[counts < outlying.MIN_CLASS]).all() and np.isfinite(got[counts >= outlying.MIN_CLASS]).all()
+    past = outlying.past_fence(got)
+    assert np.flatnonzero(past > outlying.FENCE).tolist() == [len(classes) - 1]
 
 
 def test_fence_is_in_iqrs_above_the_upper_quartile():

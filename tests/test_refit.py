@@ -43,8 +43,8 @@ def test_the_fix_the_errors_name_works(checkpoint, sample_dir, tmp_path):
     assert result.output.strip().endswith(f"int8 ranges on 12, model_version {manifest.model_version} (was "
                                           f"{old_manifest.model_version})")
     assert manifest.model_version != old_manifest.model_version
-    assert manifest.provenance["refitted_from"] | {"at": ""} == {"checkpoint": old, "at": "",
-                                                                "model_version": old_manifest.model_version}
+    assert [r | {"at": ""} for r in manifest.provenance["refits"]] == [
+        {"checkpoint": old, "model_version": old_manifest.model_version, "at": ""}]
     assert weights_sha256(split_state(new_state)[0]) == weights_sha256(old_state)  # the same network
     assert (manifest.class_names, manifest.temperature, manifest.preprocess) == (
         old_manifest.class_names, old_manifest.temperature, old_manifest.preprocess)
@@ -73,6 +73,15 @@ def test_refit_replaces_what_a_checkpoint_had(checkpoint, sample_dir, tmp_path):
     manifest = load_checkpoint(str(tmp_path / "four.pt"))[1]
     assert manifest.embedding["dim"] == 4 == projection.components.shape[1] and ranges is not None
     assert manifest.embedding["source"] == manifest.int8["source"] == folder
+    again = invoke("refit", tmp_path / "four.pt", "--fit-on", os.path.join(folder, "val"), "--output",
+                   tmp_path / "again.pt")
+    assert again.exit_code == 0, again.output
+    chain = load_checkpoint(str(tmp_path / "again.pt"))[1].provenance["refits"]
+    assert [r["model_version"] for r in chain] == [own.model_version, manifest.model_version]  # a refit's refit
+    assert load_checkpoint(str(tmp_path / "again.pt"))[1].embedding["dim"] == 4
+    same = invoke("refit", tmp_path / "four.pt", "--fit-on", folder, "--output", tmp_path / "same.pt",
+                  "--embedding-dim", 4)
+    assert same.output.strip().endswith(f"model_version {manifest.model_version} (unchanged: the same fit as before)")
 
 
 def test_refit_refuses_in_one_line(checkpoint, tmp_path):
@@ -82,8 +91,8 @@ def test_refit_refuses_in_one_line(checkpoint, tmp_path):
                                 "give a folder of images like those you will label")
     itself = os.path.join(os.path.dirname(checkpoint), ".", "model.pt")
     assert one_line_error(invoke("refit", checkpoint, "--fit-on", tmp_path, "--output", itself)) == (
-        f"Error: --output {itself} is the checkpoint itself; write the refitted one to a new file (it is a new model "
-        f"version, and the rows labeled with {checkpoint} name the old one)")
+        f"Error: --output {itself} is the checkpoint itself; write the refitted one to a new file (its model version "
+        f"changes, and the rows labeled with {checkpoint} name the old one)")
     assert one_line_error(invoke("refit", checkpoint, "--fit-on", tmp_path, "--output", tmp_path)) == (
         f"Error: --output {tmp_path} is a directory; give the path of the file to write")
     assert not (tmp_path / "a.pt").exists()

@@ -19,7 +19,7 @@ from schemas.shards import ShardSet
 from trainer import distributed
 from trainer.calibrate import expected_calibration_error, fit_temperature
 from trainer.distributed import World
-from trainer.embedding import DIM, fit_projection
+from trainer.embedding import fit_projection
 from trainer.int8_ranges import fit_int8_ranges
 from trainer.models import build_model
 
@@ -48,24 +48,16 @@ def export(cfg, model, classes, pre, logits, labels, report, run_id, names: list
     return save_checkpoint(first, state_dict, manifest, also=others)
 
 
-def add_fitted(url: str, images: list[str] | ShardSet, dim: int | None, source: str, also: Sequence[str] = (), *,
-               output: str = "", anew: bool = False, **fit_options) -> Manifest:
+def add_fitted(url: str, images: list[str] | ShardSet, dim: int, source: str, also: Sequence[str] = (),
+               **fit_options) -> Manifest:
     """Rewrite the checkpoint at `url` (and its copies `also`) with what `fitted` fits for its own weights on
-    `images` and it lacks, or with `anew` both, in place of its own; returns the new manifest. Read back from the
-    file, not taken from the training loop, whose model has moved on since its best epoch (or, on --resume, never
-    held it). With `output`, the result goes there instead, its provenance naming the checkpoint it came from.
-    A `dim` of None: the checkpoint's own projection's, else the default."""
+    `images` and it lacks; returns the new manifest. Read back from the file, not taken from the training loop,
+    whose model has moved on since its best epoch (or, on --resume, never held it)."""
     state_dict, manifest = load_checkpoint(url)
-    if dim is None:
-        dim = manifest.embedding.get("dim", DIM)
     weights, projection, int8 = split_state(state_dict)
     module = build_model(manifest.arch, len(manifest.class_names), weights, **manifest.arch_kwargs)
-    kept = (None, None) if anew else (projection, int8)
-    if output:
-        manifest = replace(manifest, provenance={**manifest.provenance, "refitted_from": {
-            "checkpoint": url, "model_version": manifest.model_version, "at": datetime.now(UTC).isoformat()}})
-    state_dict, manifest = fitted(module, manifest, images, dim, source, *kept, **fit_options)
-    return save_checkpoint(output or url, state_dict, manifest, also=also)
+    state_dict, manifest = fitted(module, manifest, images, dim, source, projection, int8, **fit_options)
+    return save_checkpoint(url, state_dict, manifest, also=also)
 
 
 def fitted(module: torch.nn.Module, manifest: Manifest, images: list[str] | ShardSet, dim: int, source: str,

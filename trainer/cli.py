@@ -14,7 +14,6 @@ from schemas.checkpoint import announced_checkpoint_file
 from schemas.shards import SHARD_BYTES, ShardSet, check_destination, summary, write_shards
 from schemas.transform import TenCrop
 from trainer import distributed
-from trainer.checkpoints import add_fitted
 from trainer.config import ARCH_DEFAULTS, CHOICES, TrainConfig
 from trainer.data import class_differences, class_folders, list_image_folder, manifest_samples
 from trainer.distributed import World
@@ -23,7 +22,7 @@ from trainer.evaluate import accuracy_line, accuracy_report, format_confusion, p
 from trainer.models import ARCHS, load_model
 from trainer.shards import eval_batches, image_set
 from trainer.train import train
-from trainer.weights import IMAGENET_EVAL, fit_here, folder_images, import_weights
+from trainer.weights import IMAGENET_EVAL, import_weights, refit
 
 
 def words(option: str) -> str:
@@ -157,7 +156,7 @@ def import_weights_command(state_dict, arch, classes_file, output, resize, crop,
 @click.argument("checkpoint")
 @click.option("--fit-on", "fit_on", metavar="FOLDER", required=True, help="The images to fit on, anywhere under this "
               f"folder or bucket URL, e.g. a sample of those you will label; at most {MAX_IMAGES} of them are used.")
-@click.option("--output", required=True, help="The checkpoint to write, a new model version; CHECKPOINT stays as it "
+@click.option("--output", required=True, help="The checkpoint to write (a new model version); CHECKPOINT stays as it "
               "is.")
 @click.option("--embedding-dim", type=click.IntRange(min=1), help="The embedding's dimensions [default: CHECKPOINT's "
               f"own, else {DIM}].")
@@ -166,12 +165,12 @@ def refit_command(checkpoint, fit_on, output, embedding_dim):
     check_output_file(output, "--output")
     checkpoint = announced_checkpoint_file(checkpoint)
     if canonical_uri(output) == canonical_uri(checkpoint):
-        raise UserError(f"--output {output} is the checkpoint itself; write the refitted one to a new file (it is a "
-                        f"new model version, and the rows labeled with {checkpoint} name the old one)")
-    manifest = add_fitted(checkpoint, folder_images(fit_on), embedding_dim, fit_on, output=output, anew=True,
-                          **fit_here())
-    click.echo(f"wrote {output}: {fitted_line(manifest)}, model_version {manifest.model_version} (was "
-               f"{manifest.provenance['refitted_from']['model_version']})")
+        raise UserError(f"--output {output} is the checkpoint itself; write the refitted one to a new file (its model "
+                        f"version changes, and the rows labeled with {checkpoint} name the old one)")
+    manifest = refit(checkpoint, output, fit_on, embedding_dim)
+    was = manifest.provenance["refits"][-1]["model_version"]
+    click.echo(f"wrote {output}: {fitted_line(manifest)}, model_version {manifest.model_version} "
+               + (f"(was {was})" if was != manifest.model_version else "(unchanged: the same fit as before)"))
 
 
 def fitted_line(manifest) -> str:

@@ -5,6 +5,7 @@ import hashlib
 import io
 import pickle
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import fsspec
@@ -13,12 +14,12 @@ import torchvision
 
 from common.devices import pick_device
 from common.errors import UserError
-from common.storage import IMAGE_EXTENSIONS, as_url, has_extension, read_bytes
+from common.storage import IMAGE_EXTENSIONS, as_url, canonical_uri, has_extension, read_bytes
 from schemas.checkpoint import Manifest, save_checkpoint
 from schemas.transform import Preprocess
 from trainer.checkpoints import fitted
 from trainer.embedding import DIM
-from trainer.models import build_model
+from trainer.models import build_model, load_model
 
 IMAGENET_EVAL = Preprocess(resize=256, crop=224)  # torchvision's AlexNet recipe: bilinear, ImageNet mean/std
 
@@ -92,6 +93,21 @@ def import_weights(state_dict_url: str, arch: str, classes_url: str, output: str
     weights = model.state_dict()
     if fit_on:
         weights, manifest = fitted(model, manifest, images, embedding_dim, fit_on, **fit_here())
+    return save_checkpoint(output, weights, manifest)
+
+
+def refit(checkpoint: str, output: str, fit_on: str, dim: int | None = None) -> Manifest:
+    """The checkpoint written to `output` with its embedding projection and int8 ranges fitted anew on the images
+    under `fit_on`, whatever it had: the same network, classes and calibration. Its provenance lists the refits
+    that made it, each naming the checkpoint and version it started from. `dim` None: the checkpoint's own."""
+    images = folder_images(fit_on)  # an empty folder is found before the model loads
+    module, manifest, _, _ = load_model(checkpoint)
+    refits = [*manifest.provenance.get("refits", []), {"checkpoint": canonical_uri(checkpoint),
+                                                       "model_version": manifest.model_version,
+                                                       "at": datetime.now(UTC).isoformat()}]
+    manifest = replace(manifest, provenance={**manifest.provenance, "refits": refits})
+    dim = manifest.embedding.get("dim", DIM) if dim is None else dim
+    weights, manifest = fitted(module, manifest, images, dim, fit_on, **fit_here())
     return save_checkpoint(output, weights, manifest)
 
 
