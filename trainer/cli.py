@@ -174,6 +174,7 @@ def refit_command(checkpoint, fit_on, output, embedding_dim):
 
 
 def fitted_line(manifest) -> str:
+    """What import-weights and refit say of the projection and ranges they fitted."""
     e = manifest.embedding
     return (f"embedding projection of {e['dim']} dimensions fitted on {e['fitted_on']} images "
             f"({e['explained_variance']:.1%} of the variance), int8 ranges on {manifest.int8['fitted_on']}")
