@@ -81,7 +81,7 @@ def int8_network(checkpoint: str, module: torch.nn.Module, ranges: torch.Tensor 
                               "--precision bf16 there")
     if ranges is None:
         raise CheckpointError(f"--precision int8 needs a checkpoint with int8 ranges, and {checkpoint} has none; fit "
-                              f"them with `{refit_command(checkpoint)}`")
+                              f"them with `{refit_advice(checkpoint)}`")
     try:
         return build_int8(module, ranges, manifest.preprocess.crop)
     except (ValueError, RuntimeError) as e:
@@ -136,10 +136,10 @@ def _send(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def no_projection(checkpoint: str) -> str:
     return (f"--embeddings needs a checkpoint with an embedding projection, and {checkpoint} has none; fit one with "
-            f"`{refit_command(checkpoint)}`")
+            f"`{refit_advice(checkpoint)}`")
 
 
-def refit_command(checkpoint: str) -> str:
+def refit_advice(checkpoint: str) -> str:
     """The command that fits what a checkpoint lacks, to copy from an error line (its path quoted for a shell)."""
     return f"alexlabel refit {shlex.quote(checkpoint)} --fit-on FOLDER --output NEW.pt"
 

@@ -54,6 +54,7 @@ from scipy.sparse.csgraph import connected_components
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexlabel.sample_data import CLASSES, SIZES, background, jpeg_bytes, near_copies, sample_image  # noqa: E402
+from beam_pipeline.model_handler import refit_advice  # noqa: E402
 from output_tools import neighbors, outlying  # noqa: E402
 from output_tools.neighbors import DEFAULT_THRESHOLD, FINGERPRINT_THRESHOLD  # noqa: E402
 from schemas.checkpoint import load_checkpoint  # noqa: E402
@@ -500,7 +501,7 @@ def main():
         sys.exit(f"{args.checkpoint} does not exist; train one first (`alexlabel demo`)")
     if not load_checkpoint(args.checkpoint)[1].embedding:
         sys.exit(f"{args.checkpoint} has no embedding projection for `label --embeddings`; fit one with "
-                 f"`alexlabel refit {args.checkpoint} --fit-on FOLDER --output NEW.pt`")
+                 f"`{refit_advice(args.checkpoint)}`")
     work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="bench-curation-")
     try:
         measure(args, work)

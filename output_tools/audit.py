@@ -82,7 +82,7 @@ def run_audit(output: str, labels: str | None = None, model: str | None = None,
                      "before fingerprints were stored); label them again with --embeddings to find flipped and "
                      "cropped copies, and images like no other, too")
     issues += near_duplicates(images, passes, first_group=group_count(issues))
-    issues += outliers(images, passes["fingerprint"][0] if "fingerprint" in passes else None)
+    issues += outliers(images, passes["fingerprint"][0] if "fingerprint" in passes else None, notes)
     if labels:
         issues += label_errors(con, images, labels, notes)
     issues += low_confidence(images, max_margin)
@@ -183,12 +183,15 @@ def near_duplicates(images: Images, passes: dict[str, tuple[np.ndarray, np.ndarr
             for g, members_of in enumerate(sorted(sets, key=min), start=first_group) for i in members_of]
 
 
-def outliers(images: Images, fingerprint_sims: np.ndarray | None) -> list[dict]:
+def outliers(images: Images, fingerprint_sims: np.ndarray | None, notes: list[str]) -> list[dict]:
     """Images past the fence by either of outlying.py's measures: far from the embeddings of the class the model
     gave them, or (with fingerprints) from every other image's pixels. Details give each measure's distance and
-    which measures (`by`) are past their fence."""
+    which measures (`by`) are past their fence; a note counts the images whose class was too small to measure."""
     top1 = pc.list_element(images.rows["topk_indices"], 0).to_numpy(zero_copy_only=False)
     found = outlying.distances(images.embeddings, top1, fingerprint_sims)
+    if unmeasured := int(np.isnan(found["class"]).sum()):
+        notes.append(f"outliers by class: {unmeasured} images are in classes (the model's top-1) of fewer than "
+                     f"{outlying.MIN_CLASS} and were not measured by it; audit more images of those classes")
     past, furthest = outlying.furthest(found)
     scores = outlying.score(furthest)
     classes = pc.list_element(images.rows["topk_labels"], 0)

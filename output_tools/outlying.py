@@ -7,8 +7,8 @@
 
 An image is an outlier when either distance is past its Tukey fence, FENCE interquartile ranges above the upper
 quartile of everyone's. A class of fewer than MIN_CLASS images has no mean to measure by: with 1,000 classes and a
-few hundred images, most would be alone or with one other, their mean made of little but themselves, and the
-quartiles would be those of the tiny classes.
+few hundred images, most would be alone or with one other, each measured against a mean of one image or none,
+and the quartiles would be those of the tiny classes.
 
 Not the embeddings' own nearest neighbours (cleanlab Datalab's kNN score, which the audit used first): junk comes
 in kinds, and the images of one kind are each other's nearest neighbours, so none of them is far from its own.

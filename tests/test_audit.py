@@ -127,6 +127,16 @@ def test_an_image_like_no_other_in_its_pixels_is_an_outlier_by_its_fingerprint(c
     assert "pixels like no other image" in card
 
 
+def test_images_in_classes_too_small_to_measure_are_counted_in_a_note(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = [labeled(f"/img/{i:02d}.jpg", 0 if i < 10 else 1) for i in range(12)]  # the last 2: a class of 2
+    out = write_output(str(tmp_path / "out"), rows, embeddings=[vector(r, rng.standard_normal(8)) for r in rows])
+    code, printed = audit(out)
+    assert code == 0, printed
+    assert ("note: outliers by class: 2 images are in classes (the model's top-1) of fewer than 5 and were not "
+            "measured by it; audit more images of those classes") in printed
+
+
 def test_issues_table_has_its_schema_and_one_audit_per_file(curated):
     out, _ = curated
     for _ in range(2):

@@ -2,6 +2,7 @@
 into a new checkpoint (a new model version). A checkpoint without them is refused by `label --embeddings` and
 `label --precision int8` with a one-line error naming this command, and the command it names works."""
 import os
+import shlex
 from dataclasses import replace
 
 import pyarrow.parquet as pq
@@ -27,16 +28,16 @@ def rows(out: str, table: str) -> int:
 
 
 def test_the_fix_the_errors_name_works(checkpoint, sample_dir, tmp_path):
-    old = bare(checkpoint, str(tmp_path / "old.pt"))
+    old = bare(checkpoint, str(tmp_path / "old model.pt"))  # a space: the command in the errors quotes it
     before = open(old, "rb").read()
     bucket = os.path.join(sample_dir, "bucket")  # 12 images and 4 broken files
     refused = {flag: one_line_error(invoke("label", "--input", f"{bucket}/**", "--checkpoint", old, "--output",
                                            tmp_path / "refused", *flag.split()))
                for flag in ("--embeddings", "--precision int8")}
     fixes = {line.split("`")[1] for line in refused.values()}
-    assert fixes == {f"alexlabel refit {old} --fit-on FOLDER --output NEW.pt"}
+    assert fixes == {f"alexlabel refit '{old}' --fit-on FOLDER --output NEW.pt"}
     new = str(tmp_path / "new.pt")
-    result = invoke(*fixes.pop().replace("FOLDER", bucket).replace("NEW.pt", new).split()[1:])
+    result = invoke(*shlex.split(fixes.pop().replace("FOLDER", bucket).replace("NEW.pt", new))[1:])
     assert result.exit_code == 0, result.output
 
     (old_state, old_manifest), (new_state, manifest) = load_checkpoint(old), load_checkpoint(new)
@@ -81,6 +82,7 @@ def test_refit_replaces_what_a_checkpoint_had(checkpoint, sample_dir, tmp_path):
     assert load_checkpoint(str(tmp_path / "again.pt"))[1].embedding["dim"] == 4
     same = invoke("refit", tmp_path / "four.pt", "--fit-on", folder, "--output", tmp_path / "same.pt",
                   "--embedding-dim", 4)
+    assert same.exit_code == 0, same.output
     assert same.output.strip().endswith(f"model_version {manifest.model_version} (unchanged: the same fit as before)")
 
 
@@ -92,7 +94,7 @@ def test_refit_refuses_in_one_line(checkpoint, tmp_path):
     itself = os.path.join(os.path.dirname(checkpoint), ".", "model.pt")
     assert one_line_error(invoke("refit", checkpoint, "--fit-on", tmp_path, "--output", itself)) == (
         f"Error: --output {itself} is the checkpoint itself; write the refitted one to a new file (its model version "
-        f"changes, and the rows labeled with {checkpoint} name the old one)")
+        f"usually changes, and the rows labeled with {checkpoint} name the old one)")
     assert one_line_error(invoke("refit", checkpoint, "--fit-on", tmp_path, "--output", tmp_path)) == (
         f"Error: --output {tmp_path} is a directory; give the path of the file to write")
     assert not (tmp_path / "a.pt").exists()

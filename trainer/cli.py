@@ -156,8 +156,8 @@ def import_weights_command(state_dict, arch, classes_file, output, resize, crop,
 @click.argument("checkpoint")
 @click.option("--fit-on", "fit_on", metavar="FOLDER", required=True, help="The images to fit on, anywhere under this "
               f"folder or bucket URL, e.g. a sample of those you will label; at most {MAX_IMAGES} of them are used.")
-@click.option("--output", required=True, help="The checkpoint to write (a new model version); CHECKPOINT stays as it "
-              "is.")
+@click.option("--output", required=True, help="The checkpoint to write (usually a new model version); CHECKPOINT stays "
+              "as it is.")
 @click.option("--embedding-dim", type=click.IntRange(min=1), help="The embedding's dimensions [default: CHECKPOINT's "
               f"own, else {DIM}].")
 def refit_command(checkpoint, fit_on, output, embedding_dim):
@@ -166,7 +166,7 @@ def refit_command(checkpoint, fit_on, output, embedding_dim):
     checkpoint = announced_checkpoint_file(checkpoint)
     if canonical_uri(output) == canonical_uri(checkpoint):
         raise UserError(f"--output {output} is the checkpoint itself; write the refitted one to a new file (its model "
-                        f"version changes, and the rows labeled with {checkpoint} name the old one)")
+                        f"version usually changes, and the rows labeled with {checkpoint} name the old one)")
     manifest = refit(checkpoint, output, fit_on, embedding_dim)
     was = manifest.provenance["refits"][-1]["model_version"]
     click.echo(f"wrote {output}: {fitted_line(manifest)}, model_version {manifest.model_version} "

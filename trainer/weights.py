@@ -99,7 +99,8 @@ def import_weights(state_dict_url: str, arch: str, classes_url: str, output: str
 def refit(checkpoint: str, output: str, fit_on: str, dim: int | None = None) -> Manifest:
     """The checkpoint written to `output` with its embedding projection and int8 ranges fitted anew on the images
     under `fit_on`, whatever it had: the same network, classes and calibration. Its provenance lists the refits
-    that made it, each naming the checkpoint and version it started from. `dim` None: the checkpoint's own."""
+    that made it, each naming the checkpoint and version it started from. `dim` None: the checkpoint's own, else
+    DIM."""
     images = folder_images(fit_on)  # an empty folder is found before the model loads
     module, manifest, _, _ = load_model(checkpoint)
     refits = [*manifest.provenance.get("refits", []), {"checkpoint": canonical_uri(checkpoint),
