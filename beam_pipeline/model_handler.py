@@ -8,7 +8,6 @@ ranges the checkpoint carries, and the batch goes in as uint8. Softmax uses the 
 temperature. With embeddings asked for, the same forward pass also gives the penultimate activations, which the
 checkpoint's projection turns into embeddings: one matrix multiply per batch, on the model's device.
 """
-import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from beam_pipeline.raw_pixels import fold_normalization
 from beam_pipeline.rows import Failure, Prediction
 from common.devices import pick_device
 from common.errors import first_line
-from schemas.checkpoint import CheckpointError, Manifest, Projection
+from schemas.checkpoint import CheckpointError, Manifest, Projection, refit_advice
 from schemas.transform import Preprocess
 from trainer.models import features_and_logits, load_model
 
@@ -138,10 +137,6 @@ def no_projection(checkpoint: str) -> str:
     return (f"--embeddings needs a checkpoint with an embedding projection, and {checkpoint} has none; fit one with "
             f"`{refit_advice(checkpoint)}`")
 
-
-def refit_advice(checkpoint: str) -> str:
-    """The command that fits what a checkpoint lacks, to copy from an error line (its path quoted for a shell)."""
-    return f"alexlabel refit {shlex.quote(checkpoint)} --fit-on FOLDER --output NEW.pt"
 
 
 def half_rows(x: torch.Tensor) -> list:

@@ -54,10 +54,9 @@ from scipy.sparse.csgraph import connected_components
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexlabel.sample_data import CLASSES, SIZES, background, jpeg_bytes, near_copies, sample_image  # noqa: E402
-from beam_pipeline.model_handler import refit_advice  # noqa: E402
 from output_tools import neighbors, outlying  # noqa: E402
 from output_tools.neighbors import DEFAULT_THRESHOLD, FINGERPRINT_THRESHOLD  # noqa: E402
-from schemas.checkpoint import load_checkpoint  # noqa: E402
+from schemas.checkpoint import load_checkpoint, refit_advice  # noqa: E402
 
 ALEXLABEL = os.path.join(os.path.dirname(sys.executable), "alexlabel")
 COPY_KINDS = ("requality", "resized", "cropped", "flipped", "text")

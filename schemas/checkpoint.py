@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import pickle
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -140,6 +141,12 @@ def sibling(url: str, name: str) -> str:
     """The file `name` in the same folder as `url`, on any fsspec URL (gs://b/run/last.pt -> gs://b/run/model.pt)."""
     folder, slash, _ = url.rpartition("/")
     return f"{folder}{slash}{name}"
+
+
+def refit_advice(checkpoint: str) -> str:
+    """The command that fits what a checkpoint lacks (projection, int8 ranges), to copy from an error line: its path
+    quoted for a shell."""
+    return f"alexlabel refit {shlex.quote(checkpoint)} --fit-on FOLDER --output NEW.pt"
 
 
 def checkpoint_file(url: str) -> str:
